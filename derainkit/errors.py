@@ -1,0 +1,27 @@
+"""Error types raised on bad user input.
+
+Every check on user-supplied files, folders and configs raises one of these, with a message that
+names the offending path (or key) and says what is wrong, so users never see a traceback from deep
+inside torch or Pillow.
+"""
+from __future__ import annotations
+
+
+class DerainkitError(Exception):
+    """Base class of every error the kit raises for bad input."""
+
+
+class ImageReadError(DerainkitError):
+    """An image file is missing, empty, corrupt or not an image."""
+
+
+class DatasetError(DerainkitError):
+    """A data folder is missing, empty, or its pairs do not match."""
+
+
+class ConfigError(DerainkitError):
+    """A config has an unknown key or an invalid value."""
+
+
+class CheckpointError(DerainkitError):
+    """A weights/checkpoint file cannot be loaded into the requested model."""

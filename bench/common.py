@@ -1,0 +1,114 @@
+"""Shared helpers for the benchmarks: timing, peak memory, provenance and CSV output.
+
+Benchmarks never assert speed; they write numbers (and ratios against baselines measured in the
+same process on the same inputs) to results/bench/*.csv. Absolute times only mean something on
+the device they name, so every row carries the device and the commit.
+"""
+from __future__ import annotations
+
+import csv
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             check=True, cwd=Path(__file__).resolve().parent)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).resolve().parent).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def device_name(device: torch.device | str = "cpu") -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_it(fn: Callable[[], Any], device: torch.device | str = "cpu", repeats: int = 3, warmup: int = 1) -> float:
+    """Median wall time of `fn()` in seconds, after `warmup` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _child(target: Callable[..., Any], args: tuple, queue: "mp.Queue") -> None:
+    try:
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        prepared = target(*args, phase="prepare")
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        result = target(*args, phase="run", prepared=prepared)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        queue.put({"ok": True, "result": result, "rss_peak_mb": after / 1024,
+                   "rss_extra_mb": (after - before) / 1024, "rss_base_mb": base / 1024})
+    except BaseException as exc:  # report, do not hang the parent
+        queue.put({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+
+
+def peak_rss_in_subprocess(target: Callable[..., Any], *args: Any, timeout: float = 1800) -> dict:
+    """Run `target(*args, phase=...)` in a fresh process and report its peak resident memory.
+
+    `target` is called twice in the child: with phase="prepare" (allocate inputs; not counted) and
+    phase="run", prepared=<what prepare returned> (the measured work). `rss_extra_mb` is the growth
+    of the process's peak RSS during the run phase, i.e. the extra memory the work needed.
+    """
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(target, args, queue))
+    proc.start()
+    try:
+        out = queue.get(timeout=timeout)
+    finally:
+        proc.join(timeout=60)
+        if proc.is_alive():
+            proc.kill()
+    if not out["ok"]:
+        raise RuntimeError(out["error"])
+    return out
+
+
+def write_csv(path: Path, rows: Iterable[dict]) -> Path:
+    """Write rows (dicts) to CSV, adding commit, device-independent provenance columns."""
+    rows = list(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    commit = git_commit()
+    fields: list[str] = []
+    for row in rows:
+        row.setdefault("commit", commit)
+        row.setdefault("torch", torch.__version__)
+        row.setdefault("host", platform.node())
+        for key in row:
+            if key not in fields:
+                fields.append(key)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,144 @@
+"""PReNet (Ren et al., CVPR 2019): a progressive recurrent deraining network.
+
+Six stages share one set of weights. Each stage sees the rainy image concatenated with the
+previous estimate, extracts 32 features, updates a convolutional LSTM, refines with five
+residual blocks and predicts a new estimate as (rainy + correction). Inputs and outputs are RGB
+in [0, 1]; the output is not clamped here (the official test script clamps and truncates to
+uint8; `derainkit.metrics` can reproduce that with ``quantize="trunc"``).
+
+The four LSTM gate convolutions are evaluated as one 64→128 convolution, which is the same
+arithmetic in one call; ``load_official_state_dict`` maps the official checkpoint's 32 keys
+(``conv0.0``, ``res_conv1..5``, ``conv_i/f/g/o.0``, ``conv.0``) onto this layout.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from derainkit.errors import CheckpointError, ConfigError
+
+_GATES = ("i", "f", "g", "o")  # input, forget, cell candidate, output
+
+
+@dataclass(frozen=True)
+class PReNetConfig:
+    stages: int = 6
+    channels: int = 32
+    res_blocks: int = 5
+    recurrent: bool = True  # False gives PRN (no LSTM)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "PReNetConfig":
+        d = dict(d or {})
+        valid = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - valid)
+        if unknown:
+            raise ConfigError(f"unknown PReNet config key(s) {unknown}; valid keys: {sorted(valid)}")
+        cfg = cls(**d)
+        if cfg.stages < 1 or cfg.channels < 1 or cfg.res_blocks < 0:
+            raise ConfigError(f"invalid PReNet config {cfg}")
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class PReNet(nn.Module):
+    def __init__(self, config: PReNetConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or PReNetConfig()
+        c = cfg.channels
+        self.head = nn.Conv2d(6, c, 3, padding=1)
+        self.gates = nn.Conv2d(2 * c, 4 * c, 3, padding=1) if cfg.recurrent else None
+        self.res = nn.ModuleList(
+            nn.ModuleList([nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)]) for _ in range(cfg.res_blocks))
+        self.tail = nn.Conv2d(c, 3, 3, padding=1)
+
+    def forward(self, rainy: torch.Tensor, return_stages: bool = False) -> torch.Tensor | list[torch.Tensor]:
+        if rainy.dim() != 4 or rainy.shape[1] != 3:
+            raise ValueError(f"PReNet expects b×3×H×W RGB input, got {tuple(rainy.shape)}")
+        b, _, h, w = rainy.shape
+        c = self.config.channels
+        x = rainy
+        hidden = rainy.new_zeros(b, c, h, w)
+        cell = rainy.new_zeros(b, c, h, w)
+        stages = []
+        for _ in range(self.config.stages):
+            x = F.relu(self.head(torch.cat([rainy, x], dim=1)))
+            if self.gates is not None:
+                gi, gf, gg, go = self.gates(torch.cat([x, hidden], dim=1)).chunk(4, dim=1)
+                cell = torch.sigmoid(gf) * cell + torch.sigmoid(gi) * torch.tanh(gg)
+                hidden = torch.sigmoid(go) * torch.tanh(cell)
+                x = hidden
+            for conv1, conv2 in self.res:
+                r = F.relu(conv2(F.relu(conv1(x))))
+                x = F.relu(x + r)
+            x = self.tail(x) + rainy
+            stages.append(x)
+        return stages if return_stages else x
+
+
+def official_to_kit(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map an official PReNet state_dict (32 keys) to this module's keys."""
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    out: dict[str, torch.Tensor] = {}
+    try:
+        out["head.weight"], out["head.bias"] = state.pop("conv0.0.weight"), state.pop("conv0.0.bias")
+        out["tail.weight"], out["tail.bias"] = state.pop("conv.0.weight"), state.pop("conv.0.bias")
+        if "conv_i.0.weight" in state:
+            out["gates.weight"] = torch.cat([state.pop(f"conv_{g}.0.weight") for g in _GATES], dim=0)
+            out["gates.bias"] = torch.cat([state.pop(f"conv_{g}.0.bias") for g in _GATES], dim=0)
+        j = 1
+        while f"res_conv{j}.0.weight" in state:
+            for src, dst in ((0, 0), (2, 1)):
+                out[f"res.{j - 1}.{dst}.weight"] = state.pop(f"res_conv{j}.{src}.weight")
+                out[f"res.{j - 1}.{dst}.bias"] = state.pop(f"res_conv{j}.{src}.bias")
+            j += 1
+    except KeyError as exc:
+        raise CheckpointError(f"not an official PReNet state_dict: missing key {exc}") from None
+    if state:
+        raise CheckpointError(f"not an official PReNet state_dict: unexpected keys {sorted(state)[:10]}")
+    return out
+
+
+def load_prenet_weights(model: PReNet, path: str | Path, map_location: str | torch.device = "cpu") -> PReNet:
+    """Load official PReNet weights (legacy or zip torch pickle, plain or DataParallel) or kit weights.
+
+    Accepts ``.pth`` files from the official repository and ``.safetensors`` or ``.pth`` files
+    written by the kit. Tensors only are unpickled (``weights_only=True``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device=str(map_location))
+        else:
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for a bad file
+        raise CheckpointError(f"{path}: cannot be read as a weights file ({type(exc).__name__}: {exc})") from None
+    if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
+        state = state["model"]  # a kit training checkpoint
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: expected a state_dict, found {type(state).__name__}")
+    if any(k.removeprefix("module.").startswith("conv0.") for k in state):
+        try:
+            state = official_to_kit(state)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise CheckpointError(f"{path}: does not fit {model.config}: {str(exc).splitlines()[-1].strip()}") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(
+            f"{path}: does not fit {model.config}: missing {result.missing_keys[:8]}, "
+            f"unexpected {result.unexpected_keys[:8]}")
+    return model

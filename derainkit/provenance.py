@@ -1,0 +1,58 @@
+"""Provenance recorded with every result: which code, which machine, which libraries."""
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def git_commit(short: bool = True) -> str:
+    """The kit's git commit, with ``-dirty`` when tracked files differ; ``unknown`` outside a checkout."""
+    try:
+        args = ["git", "rev-parse", "--short" if short else "--verify", "HEAD"]
+        commit = subprocess.run(args, capture_output=True, text=True, check=True, cwd=_REPO).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=_REPO).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def device_name(device: torch.device | str = "cpu") -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu {platform.machine()} ({os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def library_versions() -> dict[str, str]:
+    import numpy
+    import skimage
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+            "scikit-image": skimage.__version__}
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def provenance(device: torch.device | str = "cpu") -> dict[str, Any]:
+    return {"commit": git_commit(), "device": device_name(device), "host": platform.node(),
+            "versions": library_versions(), "time": now_iso()}

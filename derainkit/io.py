@@ -66,7 +66,7 @@ def _apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
     elif orientation == 6:
         arr = np.rot90(arr, k=-1)
     elif orientation == 7:
-        arr = np.rot90(arr, k=1)[::-1]
+        arr = arr.transpose(1, 0, 2)[::-1, ::-1]  # transverse
     elif orientation == 8:
         arr = np.rot90(arr, k=1)
     return np.ascontiguousarray(arr)

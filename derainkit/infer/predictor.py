@@ -7,6 +7,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from derainkit.errors import DerainkitError
 from derainkit.infer.tiling import Blend, TilePlan, plan_tiles, run_tiled
 from derainkit.io import image_to_tensor, tensor_to_image
 
@@ -17,7 +18,7 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
+        raise DerainkitError("device 'cuda' requested but no CUDA GPU is available; use --device cpu")
     return device
 
 

@@ -91,9 +91,15 @@ def evaluate(pairs: Sequence[Pair], predict: PredictFn | None, out_dir: str | Pa
             pred, info = predict(rainy, pair)
         infos.append(info)
         row: dict[str, Any] = {"id": pair.id, "height": rainy.shape[0], "width": rainy.shape[1]}
+        if pred.shape != clean.shape:
+            raise DatasetError(f"{pair.rainy}: prediction is {pred.shape[1]}x{pred.shape[0]} but its ground truth "
+                               f"{pair.clean} is {clean.shape[1]}x{clean.shape[0]}")
         for proto in protocols:
-            s = score(pred, clean, proto, quantize=quantize)
-            s_in = score(rainy, clean, proto, quantize="round")
+            try:
+                s = score(pred, clean, proto, quantize=quantize)
+                s_in = score(rainy, clean, proto, quantize="round")
+            except ValueError as exc:  # e.g. an image smaller than the SSIM window
+                raise DatasetError(f"{pair.rainy}: cannot be scored under {proto}: {exc}") from None
             row.update({f"{proto}/psnr": s.psnr, f"{proto}/ssim": s.ssim,
                         f"{proto}/input_psnr": s_in.psnr, f"{proto}/input_ssim": s_in.ssim})
         if info.get("tiling") is not None:

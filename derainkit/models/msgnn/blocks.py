@@ -1,0 +1,221 @@
+"""Backbone building blocks of MSGNN: channel attentions, CTResBlock, the dense sub-network, Dense(n).
+
+Structure follows §1.3–§1.6 of shared/reference/msgnn-official-code.md. Module names are ours; the
+official names are mapped in ``keymap.py``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def conv3x3(cin: int, cout: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, padding=1)
+
+
+def conv1x1(cin: int, cout: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 1)
+
+
+class GCT(nn.Module):
+    """Gated Channel Transformation (Yang et al., CVPR'20), 'l2' mode as in the official code (§1.5).
+
+    Identity at initialisation (gamma = beta = 0).
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1, 1))
+        self.gamma = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.beta = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Same operation order as the reference implementation, so float rounding matches too.
+        embedding = (x.pow(2).sum((2, 3), keepdim=True) + self.eps).pow(0.5) * self.alpha
+        norm = self.gamma / (embedding.pow(2).mean(dim=1, keepdim=True) + self.eps).pow(0.5)
+        gate = 1.0 + torch.tanh(embedding * norm + self.beta)
+        return x * gate
+
+
+class SE(nn.Module):
+    """Squeeze-and-Excitation (Hu et al., CVPR'18): avg-pool, C→C/r→C with ReLU, sigmoid gate."""
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.fc1 = nn.Conv2d(channels, hidden, 1)
+        self.fc2 = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = torch.sigmoid(self.fc2(F.relu(self.fc1(x.mean((2, 3), keepdim=True)))))
+        return x * w
+
+
+def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
+    """Adaptive 1-D kernel size of ECA-Net: nearest odd |(log2 C + b) / gamma|."""
+    t = int(abs((math.log2(channels) + b) / gamma))
+    return t if t % 2 else t + 1
+
+
+class ECA(nn.Module):
+    """Efficient Channel Attention (Wang et al., CVPR'20): avg-pool, 1-D conv across channels, sigmoid."""
+
+    def __init__(self, channels: int, kernel_size: int | None = None) -> None:
+        super().__init__()
+        k = kernel_size or eca_kernel_size(channels)
+        self.conv = nn.Conv1d(1, 1, k, padding=(k - 1) // 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.mean((2, 3))                                   # b×C
+        y = self.conv(y.unsqueeze(1)).squeeze(1)             # mix neighbouring channels
+        return x * torch.sigmoid(y)[:, :, None, None]
+
+
+def make_attention(kind: str, channels: int, *, gct_eps: float = 1e-5, se_reduction: int = 16,
+                   eca_kernel: int | None = None) -> nn.Module | None:
+    if kind == "gct":
+        return GCT(channels, gct_eps)
+    if kind == "se":
+        return SE(channels, se_reduction)
+    if kind == "eca":
+        return ECA(channels, eca_kernel)
+    if kind == "none":
+        return None
+    raise ValueError(f"unknown attention {kind!r}")
+
+
+class ResBlock(nn.Module):
+    """x + conv2(LReLU(conv1(attn(x)))): the CTResBlock (§1.4) when ``attn`` is GCT, a plain residual
+    block (the official ``Resbase`` inside Dense(n)) when ``attn`` is None.
+
+    The attention gates the input of the residual branch only; the skip carries the un-gated x.
+    """
+
+    def __init__(self, channels: int, attn: nn.Module | None = None, negative_slope: float = 0.2) -> None:
+        super().__init__()
+        self.attn = attn
+        self.conv1 = conv3x3(channels, channels)
+        self.conv2 = conv3x3(channels, channels)
+        self.negative_slope = negative_slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.attn(x) if self.attn is not None else x
+        return x + self.conv2(F.leaky_relu(self.conv1(y), self.negative_slope))
+
+
+class SubNetwork(nn.Module):
+    """One MSGNN sub-network: M densely connected CTResBlocks plus the "fusion connection" (§1.3).
+
+    ``forward(x, phi)`` returns ``(body, phi_new)``: body is the raw output of the last block, phi_new =
+    LReLU(1×1 conv over the M block outputs), which the next sub-network adds to every block input.
+    The official code also computes a last dense 1×1 conv whose output it discards; it is kept as a
+    module (``keep_last_dense``) for checkpoint compatibility but never run.
+    """
+
+    def __init__(self, channels: int, m_blocks: int, *, attention: str = "gct", fusion_connection: bool = True,
+                 keep_last_dense: bool = True, negative_slope: float = 0.2, gct_eps: float = 1e-5,
+                 se_reduction: int = 16, eca_kernel: int | None = None, build_fusion: bool = True) -> None:
+        super().__init__()
+        c = channels
+        self.channels, self.m_blocks, self.negative_slope = c, m_blocks, negative_slope
+        # Creation order = the official one (conv_fusion, then block j and dense conv j alternately),
+        # so a seeded build draws the same initial weights as the official code.
+        fusion = conv1x1(m_blocks * c, c) if (fusion_connection and build_fusion) else None
+        n_dense = m_blocks if keep_last_dense else m_blocks - 1
+        blocks, dense = [], []
+        for j in range(m_blocks):
+            blocks.append(ResBlock(c, make_attention(attention, c, gct_eps=gct_eps, se_reduction=se_reduction,
+                                                     eca_kernel=eca_kernel), negative_slope))
+            if j < n_dense:
+                dense.append(conv1x1((j + 2) * c, c))
+        self.blocks = nn.ModuleList(blocks)
+        self.dense = nn.ModuleList(dense)
+        self.fusion = fusion
+        self.fusion_connection = fusion_connection
+
+    def forward(self, x: torch.Tensor, phi: torch.Tensor | None = None,
+                need_phi: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if torch.is_grad_enabled():
+            return self._forward_autograd(x, phi, need_phi)
+        return self._forward_buffer(x, phi, need_phi)
+
+    def _block_input(self, h: torch.Tensor, phi: torch.Tensor | None) -> torch.Tensor:
+        return h if phi is None else h + phi
+
+    def _forward_autograd(self, x, phi, need_phi):
+        slope = self.negative_slope
+        feats = [x]
+        h = x
+        u = x
+        for j, block in enumerate(self.blocks):
+            u = block(self._block_input(h, phi))
+            feats.append(u)
+            if j < self.m_blocks - 1:
+                h = F.leaky_relu(self.dense[j](torch.cat(feats, 1)), slope)
+        phi_new = None
+        if need_phi and self.fusion is not None:
+            phi_new = F.leaky_relu(self.fusion(torch.cat(feats[1:], 1)), slope)
+        return u, phi_new
+
+    def _forward_buffer(self, x, phi, need_phi):
+        # Without autograd, write every block output once into a preallocated (M+1)·C buffer and run
+        # the dense 1×1 convs on channel-prefix views: no growing torch.cat copies, which dominate peak
+        # memory on large images (13·C full-resolution channels). Same arithmetic as the cat path.
+        slope, c = self.negative_slope, self.channels
+        b, _, hgt, wid = x.shape
+        buf = x.new_empty(b, (self.m_blocks + 1) * c, hgt, wid)
+        buf[:, :c] = x
+        h = x
+        u = x
+        for j, block in enumerate(self.blocks):
+            u = block(self._block_input(h, phi))
+            buf[:, (j + 1) * c:(j + 2) * c] = u
+            del u
+            if j < self.m_blocks - 1:
+                h = F.leaky_relu(self.dense[j](buf[:, :(j + 2) * c]), slope)
+        u = buf[:, self.m_blocks * c:].clone()
+        phi_new = None
+        if need_phi and self.fusion is not None:
+            phi_new = F.leaky_relu(self.fusion(buf[:, c:]), slope)
+        return u, phi_new
+
+
+class DenseResidual(nn.Module):
+    """The official ``Dense(n)`` used in the value extractors (§2.5): n plain residual blocks, densely
+    fused; after block j, h = LReLU(1×1 conv((j+2)C→C)(concat)), and the output is the last h."""
+
+    def __init__(self, channels: int, n_blocks: int, negative_slope: float = 0.2) -> None:
+        super().__init__()
+        c = channels
+        self.negative_slope = negative_slope
+        blocks, dense = [], []
+        for j in range(n_blocks):  # alternate creation, as the official code does
+            blocks.append(ResBlock(c, None, negative_slope))
+            dense.append(conv1x1((j + 2) * c, c))
+        self.blocks = nn.ModuleList(blocks)
+        self.dense = nn.ModuleList(dense)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = [x]
+        h = x
+        for block, fuse in zip(self.blocks, self.dense):
+            feats.append(block(h))
+            h = F.leaky_relu(fuse(torch.cat(feats, 1)), self.negative_slope)
+        return h
+
+
+class ConvPair(nn.Module):
+    """conv1 → LReLU → conv2 with 'same' padding; used for Fuse (k×k) and the output head."""
+
+    def __init__(self, cin: int, cmid: int, cout: int, k1: int, k2: int, negative_slope: float = 0.2) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cmid, k1, padding=k1 // 2)
+        self.conv2 = nn.Conv2d(cmid, cout, k2, padding=k2 // 2)
+        self.negative_slope = negative_slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(F.leaky_relu(self.conv1(x), self.negative_slope))

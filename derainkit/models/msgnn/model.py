@@ -1,0 +1,136 @@
+"""The MSGNN network (official ``ODE_DerainNet``), both variants (see ``config.py`` for the differences).
+
+Backbone (§1.2 of shared/reference/msgnn-official-code.md)::
+
+    F0 = head(O); T = F0; Φ = None
+    for t in 0..N-1:
+        body, Φ = SubNet_t(T, Φ)
+        T = Fuse_t(concat[body, G1, G2, G4, GE])       # G*: graph features, computed ONCE per forward
+    B̂ = O − tail(body)                                 # tail = Conv3×3 → LReLU → Conv1×1(→3); no clamp
+
+The official code also computes Fuse_{N-1}, the last sub-network's fusion connection and the last
+dense 1×1 conv of every sub-network and discards them; this implementation skips that work (outputs
+unchanged) but keeps the modules in the code variant for parameter count and checkpoint
+compatibility.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from derainkit.models.msgnn.blocks import ConvPair, SubNetwork, conv3x3
+from derainkit.models.msgnn.config import MSGNNConfig
+from derainkit.models.msgnn.graph import BranchResult, GraphModule, ValueNet
+from derainkit.models.msgnn.pyramid import pyr_down
+
+
+class MSGNN(nn.Module):
+    """MSGNN deraining network. ``forward(rainy, exemplar=None)`` -> derained image, same shape.
+
+    Inputs are b×3×H×W in [0, 1]; the channel order does not matter to the network (the official
+    pipeline feeds BGR). O½ and O¼ are built internally with :func:`pyr_down` unless given.
+    """
+
+    def __init__(self, config: MSGNNConfig | None = None) -> None:
+        super().__init__()
+        config = config if config is not None else MSGNNConfig()
+        if not isinstance(config, MSGNNConfig):
+            raise TypeError(f"MSGNN expects an MSGNNConfig, got {type(config).__name__}")
+        self.config = config
+        cfg = self.cfg = config.resolve()
+        c, slope = cfg.channels, cfg.negative_slope
+        keep = bool(cfg.keep_unused)
+        branches = cfg.branches
+        # Creation order follows the official __init__ (convert_rainy, convert_* value nets, then
+        # res_group[t]/fuse[t] interleaved, graph/gcn pairs, out), so torch.manual_seed(s) followed by
+        # MSGNN() draws the same initial weights as the official ODE_DerainNet for the code variant.
+        self.head = conv3x3(3, c)
+        values = {name: ValueNet(c, cfg.value_blocks, slope) for name in branches} \
+            if cfg.aggregate == "value_net" else {}
+        n_fuse = cfg.n_subnets if keep else cfg.n_subnets - 1
+        fuse_in = (1 + len(branches)) * c
+        subnets, fuses = [], []
+        for t in range(cfg.n_subnets):
+            subnets.append(SubNetwork(
+                c, cfg.m_blocks, attention=cfg.attention, fusion_connection=cfg.fusion_connection,
+                keep_last_dense=keep, negative_slope=slope, gct_eps=cfg.gct_eps, se_reduction=cfg.se_reduction,
+                eca_kernel=cfg.eca_kernel, build_fusion=keep or t < cfg.n_subnets - 1))
+            if branches and t < n_fuse:
+                fuses.append(ConvPair(fuse_in, c, c, cfg.fusion_kernel, cfg.fusion_kernel, slope))
+        self.subnets = nn.ModuleList(subnets)
+        self.fuse = nn.ModuleList(fuses) if branches else None
+        self.graph = GraphModule(cfg, values) if branches else None
+        self.tail = ConvPair(c, c, 3, 3, 1, slope)
+
+    # ------------------------------------------------------------------ inputs
+    def prepare_inputs(self, rainy: torch.Tensor, exemplar: torch.Tensor | None = None,
+                       half: torch.Tensor | None = None, quarter: torch.Tensor | None = None):
+        """Validate and complete (O, O½, O¼, E): missing pyramid levels are built with pyrDown; a
+        missing exemplar is the input itself (the official sorted-listdir pairing, §3.3)."""
+        if not isinstance(rainy, torch.Tensor) or rainy.dim() != 4 or rainy.shape[1] != 3:
+            shape = tuple(rainy.shape) if isinstance(rainy, torch.Tensor) else type(rainy).__name__
+            raise ValueError(f"MSGNN expects a b×3×H×W image tensor, got {shape}")
+        cfg = self.cfg
+        if self.graph is None:
+            return rainy, None, None, None
+        if 2 in cfg.scales or 4 in cfg.scales:
+            if half is None:
+                half = pyr_down(rainy)
+            if 4 in cfg.scales and quarter is None:
+                quarter = pyr_down(half)
+        if cfg.exemplar:
+            if exemplar is None:
+                exemplar = rainy
+            if exemplar.dim() != 4 or exemplar.shape[0] != rainy.shape[0] or exemplar.shape[1] != 3:
+                raise ValueError(f"exemplar must be b×3×He×We with the batch size of the input "
+                                 f"({rainy.shape[0]}), got {tuple(exemplar.shape)}")
+        return rainy, half, quarter, exemplar
+
+    # ------------------------------------------------------------------ forward
+    def graph_features(self, rainy: torch.Tensor, exemplar: torch.Tensor | None = None, *,
+                       half: torch.Tensor | None = None, quarter: torch.Tensor | None = None) -> list[BranchResult]:
+        """Per-branch graph results (G, idx, dist) in Fuse order; empty when graph=False."""
+        rainy, half, quarter, exemplar = self.prepare_inputs(rainy, exemplar, half, quarter)
+        if self.graph is None:
+            return []
+        return self.graph(rainy, half, quarter, exemplar)
+
+    def forward(self, rainy: torch.Tensor, exemplar: torch.Tensor | None = None, *,
+                half: torch.Tensor | None = None, quarter: torch.Tensor | None = None,
+                graph_features: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Derain ``rainy`` (b×3×H×W). ``half``/``quarter``: precomputed pyrDown levels (optional);
+        ``graph_features``: precomputed G maps (as from :meth:`graph_features`), e.g. for analysis."""
+        if graph_features is None:
+            graph_features = [r.G for r in self.graph_features(rainy, exemplar, half=half, quarter=quarter)]
+        elif not isinstance(rainy, torch.Tensor) or rainy.dim() != 4:
+            raise ValueError("MSGNN expects a b×3×H×W image tensor")
+        return self.backbone(rainy, graph_features)
+
+    def backbone(self, rainy: torch.Tensor, graph_features: list[torch.Tensor]) -> torch.Tensor:
+        n = len(self.subnets)
+        t = self.head(rainy)
+        phi = None
+        body = t
+        for i, sub in enumerate(self.subnets):
+            last = i == n - 1
+            body, phi = sub(t, phi, need_phi=not last)  # the last Φ is never used
+            if last:
+                break
+            if self.fuse is not None:
+                t = self.fuse[i](torch.cat([body, *graph_features], 1))
+            else:
+                t = body  # graph=False: sub-networks are chained directly
+        return rainy - self.tail(body)
+
+
+def build_msgnn(cfg: MSGNNConfig | dict | None = None) -> MSGNN:
+    """Build an MSGNN from a config (an ``MSGNNConfig``, a plain dict validated strictly, or None)."""
+    if cfg is None or isinstance(cfg, MSGNNConfig):
+        return MSGNN(cfg)
+    return MSGNN(MSGNNConfig.from_dict(cfg))
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (all, or only those with requires_grad)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

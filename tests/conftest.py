@@ -1,0 +1,23 @@
+"""Shared test fixtures. `../shared` (data, weights, official fixtures) is optional: tests that
+need it skip cleanly when it is absent, so a user's clone without it still passes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, or skip the test when it is not there."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} not available (../shared is optional)")
+    return path
+
+
+@pytest.fixture
+def shared():
+    return shared_path

@@ -332,11 +332,13 @@ def image_size(path: PathLike) -> tuple[int, int]:
 
 
 def _side_by_side_half_width(path: Path, width: int) -> int:
-    if width < 2 or width % 2:
+    if width < 2:
+        raise DatasetError(f"{path}: side-by-side image has invalid width {width}: too narrow to hold two halves")
+    if width % 2:
         raise DatasetError(
-            f"{path}: side-by-side image has {'odd' if width % 2 else 'invalid'} width {width}; it must hold two "
-            f"halves of equal width (the official code's int(width/2) split would give halves of "
-            f"{width // 2} and {width - width // 2} columns). Crop or pad the file to an even width.")
+            f"{path}: side-by-side image has odd width {width}; it must hold two halves of equal width (the "
+            f"official code's int(width/2) split would give halves of {width // 2} and {width - width // 2} "
+            f"columns). Crop or pad the file to an even width.")
     return width // 2
 
 

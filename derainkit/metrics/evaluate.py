@@ -114,7 +114,7 @@ def evaluate(pairs: Sequence[Pair], predict: PredictFn | None, out_dir: str | Pa
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    digest = write_manifest(list(pairs), out_dir / "manifest.csv", root=data_root)
+    digest = write_manifest(list(pairs), out_dir / "manifest.csv")
     means = {proto: {key: _mean([r[f"{proto}/{key}"] for r in rows])
                      for key in ("psnr", "ssim", "input_psnr", "input_ssim")} for proto in protocols}
     tilings = sorted({json.dumps(i.get("tiling"), sort_keys=True) for i in infos if i.get("tiling")})

@@ -40,11 +40,25 @@ def _predictor(args: argparse.Namespace):
                            overlap=args.overlap, blend=args.blend)
 
 
+def resolve_data(spec: str | Path) -> Path:
+    """A data folder, or ``embedded[:train|test]`` for the kit's built-in synthetic set."""
+    text = str(spec)
+    if text == "embedded" or text.startswith("embedded:"):
+        from derainkit.data import embedded_root
+
+        split = text.partition(":")[2] or "test"
+        if split not in ("train", "test"):
+            raise DerainkitError(f"--data {text}: the embedded set has splits 'train' and 'test'")
+        return embedded_root(split)
+    return Path(spec)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from derainkit.data import discover_pairs
     from derainkit.metrics.evaluate import evaluate
     from derainkit.provenance import sha256_file
 
+    args.data = resolve_data(args.data)
     pairs = discover_pairs(args.data, layout=args.layout)
     if args.limit:
         pairs = pairs[: args.limit]
@@ -125,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="score a model (or the rainy images themselves) on a paired dataset")
     _add_model_args(ev, required=False)
-    ev.add_argument("--data", required=True, type=Path, help="dataset folder (any supported layout)")
+    ev.add_argument("--data", required=True,
+                    help="dataset folder (any supported layout), or 'embedded[:test|train]' for the built-in set")
     ev.add_argument("--layout", default="auto", help="auto, rain100, prenet, mprnet, side_by_side, rain1400")
     ev.add_argument("--protocol", action="append", choices=PROTOCOL_NAMES,
                     help="metric protocol (repeatable; default matlab-y)")

@@ -114,3 +114,13 @@ def test_mismatched_pair_sizes_are_named(tmp_path, dataset, capsys):
     assert main(["evaluate", "--data", str(dataset), "--out", str(tmp_path / "e")]) == 2
     err = _err(capsys)
     assert "img-3.png" in err and "41" in err
+
+
+def test_evaluate_on_the_embedded_set(tmp_path, weights, monkeypatch):
+    monkeypatch.setenv("DERAINKIT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "emb"
+    assert main(["evaluate", "--model", "prenet", "--weights", str(weights), "--data", "embedded", "--limit", "2",
+                 "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_images"] == 2 and "embedded" in summary["data_root"]
+    assert main(["evaluate", "--data", "embedded:val"]) == 2

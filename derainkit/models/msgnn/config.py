@@ -224,8 +224,10 @@ class MSGNNConfig:
         return [f.name for f in dataclasses.fields(cls)]
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "MSGNNConfig":
-        """Strict constructor: unknown keys raise ConfigError listing the valid ones."""
+    def from_dict(cls, data: Mapping[str, Any] | None) -> "MSGNNConfig":
+        """Strict constructor: unknown keys raise ConfigError listing the valid ones (None = defaults)."""
+        if data is None:
+            return cls()
         if not isinstance(data, Mapping):
             raise ConfigError(f"MSGNN config must be a mapping, got {type(data).__name__}")
         valid = cls.field_names()

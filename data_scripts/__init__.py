@@ -1,0 +1,1 @@
+"""Scripts that fetch public deraining benchmarks into derainkit's data root (see README.md)."""

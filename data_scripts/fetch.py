@@ -364,7 +364,7 @@ def fetch_dataset(ds: DatasetSource, dest_root: PathLike, *, mirror: Optional[st
             log(f"{ds.name}: UNVERIFIED {f.filename} sha256 {file_sha256(target)}")
         local.append((f, target))
     if many and not quiet:
-        log(f"{ds.name}: {len(ds.files)} files downloaded and verified")
+        log(f"{ds.name}: {len(ds.files)} files downloaded" + (" and verified" if ds.verified else ""))
 
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".staging-{ds.name}-", dir=final.parent))
@@ -406,8 +406,7 @@ def _list(registry: dict[str, DatasetSource]) -> None:
     for ds in registry.values():
         n_sha = sum(1 for f in ds.files if f.sha256)
         sums = "verified" if ds.verified else ("none" if n_sha == 0 else f"{n_sha}/{len(ds.files)}")
-        direct = "yes" if all(f.url for f in ds.files) else ("mirror only" if not any(f.url for f in ds.files)
-                                                              else "partly")
+        direct = "yes" if all(f.url for f in ds.files) else ("no" if not any(f.url for f in ds.files) else "partly")
         print(f"{ds.name:<16} {ds.pairs if ds.pairs is not None else '?':>6} {len(ds.files):>5}  {sums:<12} "
               f"{direct:<10} {ds.dest}")
 

@@ -34,7 +34,7 @@ from typing import Iterable, Optional, Sequence, Union
 import numpy as np
 
 from derainkit.errors import DatasetError, ImageReadError
-from derainkit.io import IMAGE_EXTENSIONS, read_image
+from derainkit.io import IMAGE_EXTENSIONS, _exif_orientation, read_image
 
 PathLike = Union[str, os.PathLike]
 
@@ -42,6 +42,7 @@ LAYOUTS = ("rain100", "prenet", "mprnet", "side_by_side", "rain1400", "unpaired"
 CLEAN_SIDES = ("left", "right")
 
 _RAINY_DIRS = ("rain", "rainy")  # rain100's rainy folder names, in order of preference
+_EXIF_SUFFIXES = (".jpg", ".jpeg", ".tif", ".tiff", ".png")  # where load_image honours EXIF orientation
 _MAX_LISTED = 10  # how many offending names an error message spells out before "and N more"
 
 
@@ -311,8 +312,9 @@ def _discover_unpaired(root: Path, forced: bool) -> list[Pair]:
 def image_size(path: PathLike) -> tuple[int, int]:
     """(height, width) of an image as `read_image` would return it, from the header when possible.
 
-    Pillow reads the size without decoding the pixels; the EXIF orientation is honoured (a quarter
-    turn swaps the sides), as `derainkit.io.load_image` does. Files Pillow cannot parse are decoded.
+    Pillow reads the size without decoding the pixels, and the EXIF orientation is applied by the same
+    rule as `derainkit.io.load_image` (a quarter turn swaps the sides). Files Pillow cannot parse are
+    decoded by `read_image`, which names the file if it is not an image.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -322,11 +324,10 @@ def image_size(path: PathLike) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             width, height = im.size
-            orientation = im.getexif().get(0x0112, 1) if path.suffix.lower() != ".bmp" else 1
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        h, w = read_image(path).shape[:2]  # raises ImageReadError naming the file if it is not an image
+        h, w = read_image(path).shape[:2]
         return h, w
-    if orientation in (5, 6, 7, 8):
+    if path.suffix.lower() in _EXIF_SUFFIXES and _exif_orientation(path) in (5, 6, 7, 8):
         width, height = height, width
     return int(height), int(width)
 

@@ -200,7 +200,7 @@ def transmission_map(height: int, width: int, haze: float) -> np.ndarray:
 
 
 def add_rain(clean: np.ndarray, params: Union[RainParams, str, None] = None, seed: SeedLike = None,
-             return_layer: bool = False):
+             return_layer: bool = False) -> Union[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """Rainy version of an H×W×3 float image in [0, 1] (returns float32, same shape).
 
     With `return_layer=True` returns (rainy, rain_layer H×W). Same inputs and seed, same output.

@@ -2,15 +2,15 @@
 
 How a search runs (both modes):
 1. Shortlist: squared distances in GEMM form g = ‖x‖² − 2 q·xᵀ (‖q‖² is row-constant, so it is left out of
-   the ranking), computed block by block so no block exceeds the memory budget, then the kk = k + margin
-   smallest per query with `topk`.
-2. Exact re-rank: the shortlist distances are recomputed directly as Σ(q − x)² in the compute dtype (far
-   more accurate than the GEMM form when distances are small next to the norms) and sorted by
+   the ranking), computed block by block so no block exceeds the memory budget, then the k+1 smallest per
+   query with `topk`.
+2. Exact re-rank: the distances of the k winners are recomputed directly as Σ(q − x)² in the compute dtype
+   (far more accurate than the GEMM form when distances are small next to the norms) and sorted by
    (distance, candidate index), which gives deterministic tie-breaking by index.
 3. Completeness check: the GEMM form has a rounding error bounded by `tol` (a worst-case bound from the
-   vector length and norms). If the kk-th shortlisted value is not clearly above the k-th exact distance, a
-   candidate outside the shortlist could still belong to the answer (near-ties, duplicate candidates); those
-   few queries are redone exactly over every candidate that could qualify.
+   vector length and norms). If the (k+1)-th GEMM value is not clearly above the k-th exact distance, a
+   candidate outside the winners could still belong to the answer (near-ties, duplicate candidates); those
+   few queries are redone exactly over every candidate whose GEMM value could qualify.
 
 Windowed search (MSGNN `index_neighbours` semantics) uses the blocked local GEMM: a rectangle of queries
 shares one union rectangle of candidate windows, a single dense GEMM covers it, and candidates outside each
@@ -33,8 +33,6 @@ __all__ = ["Window", "knn", "knn_reference_fp64", "window_origins", "window_inde
 
 _RULES = ("msgnn", "centered")
 _BACKENDS = ("auto", "torch", "faiss", "triton")
-# Shortlist margin: extra candidates kept beyond k so the exact re-rank rarely needs the fallback.
-_MARGIN = 8
 
 
 class KnnError(DerainkitError):
@@ -216,7 +214,7 @@ def _tol_factor(e: int, u: float) -> float:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# exact re-rank helpers
+# exact selection from a block of GEMM-form distances
 
 def _lexsort_rows(dist: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
     """Sort each row by (dist, idx) ascending."""
@@ -228,25 +226,14 @@ def _lexsort_rows(dist: Tensor, idx: Tensor) -> tuple[Tensor, Tensor]:
 
 def _direct_sqdist(q: Tensor, x: Tensor) -> Tensor:
     """Σ(q − x)² over the last dim; q broadcasts against x."""
-    d = q - x
-    return (d * d).sum(-1)
-
-
-def _rerank(q: Tensor, cand_flat: Tensor, gidx: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Exact distances of shortlisted candidates, sorted by (dist, idx); returns the full sorted shortlist.
-
-    q: r×e, cand_flat: N×e, gidx: r×kk indices into cand_flat.
-    """
-    r, kk = gidx.shape
-    xs = cand_flat.index_select(0, gidx.reshape(-1)).view(r, kk, -1)
-    d = _direct_sqdist(q[:, None, :], xs)
-    return _lexsort_rows(d, gidx)
+    d = x - q
+    return d.square_().sum(-1)
 
 
 def _topk_pairs(rr: Tensor, cc: Tensor, dd: Tensor, nrows: int, k: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Per row r of a (row, col, dist) pair list: the k pairs smallest by (dist, col).
+    """Per row of a (row, col, dist) pair list: the k pairs smallest by (dist, col).
 
-    Returns (dist nrows×k, col nrows×k, ok nrows bool) where ok is False for rows with fewer than k pairs.
+    Returns (dist nrows×k, col nrows×k, ok nrows bool); ok is False for rows with fewer than k pairs.
     """
     if rr.numel() == 0:
         z = torch.zeros(nrows, k, dtype=dd.dtype, device=dd.device)
@@ -256,104 +243,151 @@ def _topk_pairs(rr: Tensor, cc: Tensor, dd: Tensor, nrows: int, k: int) -> tuple
     p = p[torch.argsort(rr[p], stable=True)]
     counts = torch.bincount(rr, minlength=nrows)
     starts = torch.cumsum(counts, 0) - counts
-    ok = counts >= k
-    pos = (starts[:, None] + torch.arange(k, device=rr.device)[None, :]).clamp_max(max(rr.numel() - 1, 0))
+    pos = (starts[:, None] + torch.arange(k, device=rr.device)[None, :]).clamp_max(rr.numel() - 1)
     sel = p[pos]
-    return dd[sel], cc[sel], ok
+    return dd[sel], cc[sel], counts >= k
+
+
+def _pairs_sqdist(qrows: Tensor, cand_flat: Tensor, rr: Tensor, ci: Tensor, budget: int) -> Tensor:
+    """Direct Σ(q − x)² for the pairs (qrows[rr], cand_flat[ci]), in pieces that fit the budget."""
+    e = qrows.shape[1]
+    dd = torch.empty(rr.numel(), dtype=qrows.dtype, device=qrows.device)
+    step = max(1, budget // (2 * qrows.element_size() * e))
+    for p0 in range(0, rr.numel(), step):
+        p1 = min(rr.numel(), p0 + step)
+        dd[p0:p1] = _direct_sqdist(qrows.index_select(0, rr[p0:p1]), cand_flat.index_select(0, ci[p0:p1]))
+    return dd
+
+
+def _select(D: Tensor, k: int, qrows: Tensor, qn: Tensor, tol: Tensor, cand_flat: Tensor, row_base: Tensor,
+            col_map, budget: int) -> tuple[Tensor, Tensor]:
+    """Exact top-k of each row of a distance block.
+
+    D: R×U GEMM-form values g = ‖x‖² − 2 q·x, +inf where a query may not look (outside its window).
+    qrows R×e queries, qn R their squared norms, tol R bounds on |g − (δ − ‖q‖²)| (δ = direct Σ(q−x)²).
+    cand_flat: every candidate (all batch items) N×e; row_base R: offset of each row's batch item in it.
+    col_map(u, rows): D's column u of row `rows` -> candidate index within the batch item.
+    Returns (δ R×k, idx R×k) sorted by (δ, idx).
+    """
+    R, U = D.shape
+    e = qrows.shape[1]
+    kq = min(k + 1, U)
+    v, u = torch.topk(D, kq, dim=1, largest=False, sorted=True)
+    rows_all = torch.arange(R, device=D.device)[:, None]
+    gidx = col_map(u[:, :k], rows_all)
+    # exact distances of the k GEMM winners: one gather of k·e values per query
+    xs = cand_flat.index_select(0, (gidx + row_base[:, None]).reshape(-1)).view(R, k, e)
+    d = xs.sub_(qrows[:, None, :]).square_().sum(-1)
+    d, gidx = _lexsort_rows(d, gidx)
+    if kq == k:  # every allowed candidate was taken
+        return d, gidx
+    # Complete unless a candidate outside the winners could have δ <= the k-th exact distance. Any such
+    # candidate has g >= v[:, k] (the (k+1)-th GEMM value), hence δ >= v[:, k] + ‖q‖² − tol.
+    need = v[:, k] + qn - tol <= d[:, k - 1]
+    if not bool(need.any()):
+        return d, gidx
+    rows = need.nonzero().squeeze(1)
+    thr = d[rows, k - 1] - qn[rows] + tol[rows]
+    # every candidate that could belong to the answer has g <= thr: re-rank them all exactly
+    step = max(1, budget // max(1, 24 * U))
+    for s0 in range(0, rows.numel(), step):
+        rs = rows[s0:s0 + step]
+        th = thr[s0:s0 + step]
+        fd, fi, ok = _threshold_rerank(D, rs, th, qrows, cand_flat, row_base, col_map, k, budget)
+        if not bool(ok.all()):
+            # the error bound failed (cannot happen for finite inputs): take every allowed candidate
+            bad = (~ok).nonzero().squeeze(1)
+            big = torch.full((bad.numel(),), torch.finfo(D.dtype).max, dtype=D.dtype, device=D.device)
+            fd[bad], fi[bad], _ = _threshold_rerank(D, rs[bad], big, qrows, cand_flat, row_base, col_map, k,
+                                                    budget)
+        d[rs], gidx[rs] = fd, fi
+    return d, gidx
+
+
+def _threshold_rerank(D, rs, thr, qrows, cand_flat, row_base, col_map, k, budget):
+    rr, uu = (D.index_select(0, rs) <= thr[:, None]).nonzero(as_tuple=True)
+    orig = rs[rr]
+    cc = col_map(uu, orig)
+    dd = _pairs_sqdist(qrows, cand_flat, orig, cc + row_base[orig], budget)
+    return _topk_pairs(rr, cc, dd, rs.numel(), k)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # global search (torch)
+
+# Query rows per distance block on CPU: ~16 MB blocks stay in the last-level cache between the GEMM that
+# writes them and the topk that reads them (measured on a 2-core EPYC; bigger blocks were not faster).
+_GLOBAL_BLOCK_BYTES_CPU = 16 << 20
+
+
+def _identity_map(u: Tensor, rows: Tensor) -> Tensor:
+    return u
+
 
 def _global_torch(q: Tensor, x: Tensor, k: int, budget: int) -> tuple[Tensor, Tensor]:
     """Exact global kNN for one batch item: q m×e, x n×e (same float dtype)."""
     m, e = q.shape
     n = x.shape[0]
     el = q.element_size()
-    xn = (x * x).sum(-1)  # n
-    qn = (q * q).sum(-1)  # m
-    u = _unit_roundoff(q.dtype, q.device)
-    tolf = _tol_factor(e, u)
-    xn_max = float(xn.max())
-    kk = min(n, k + _MARGIN)
-    # candidate chunk: the whole set unless a single row of it would break the budget
-    nc = max(1, min(n, budget // el))
-    rows = max(1, min(m, budget // (el * nc)))
+    xn = (x * x).sum(-1)
+    qn = (q * q).sum(-1)
+    tol = _tol_factor(e, _unit_roundoff(q.dtype, q.device)) * (qn + xn.max())
+    if n * el > budget:
+        return _global_torch_chunked(q, x, xn, qn, tol, k, budget)
+    block = budget if q.device.type == "cuda" else min(budget, _GLOBAL_BLOCK_BYTES_CPU)
+    rows = max(1, min(m, block // (n * el)))
+    buf = torch.empty(rows, n, dtype=q.dtype, device=q.device)  # reused: no page faults per block
+    zero = torch.zeros(rows, dtype=torch.int64, device=q.device)
     out_d = torch.empty(m, k, dtype=q.dtype, device=q.device)
     out_i = torch.empty(m, k, dtype=torch.int64, device=q.device)
+    xt = x.t()
+    xn_row = xn.unsqueeze(0)
     for r0 in range(0, m, rows):
         r1 = min(m, r0 + rows)
-        qc = q[r0:r1]
-        gval, gidx = _global_shortlist(qc, x, xn, kk, nc)
-        d_s, i_s = _rerank(qc, x, gidx, k)
-        d_k = d_s[:, k - 1]
-        tol = tolf * (qn[r0:r1] + xn_max)
-        gmax = gval.max(dim=1).values
-        need = (gmax + qn[r0:r1] - tol <= d_k) if kk < n else torch.zeros_like(d_k, dtype=torch.bool)
-        out_d[r0:r1] = d_s[:, :k]
-        out_i[r0:r1] = i_s[:, :k]
-        if bool(need.any()):
-            rows_fb = need.nonzero().squeeze(1)
-            thr = d_k[rows_fb] - qn[r0:r1][rows_fb] + tol[rows_fb]
-            fd, fi = _global_fallback(qc[rows_fb], x, xn, thr, k, budget)
-            out_d[r0 + rows_fb] = fd
-            out_i[r0 + rows_fb] = fi
+        D = torch.addmm(xn_row, q[r0:r1], xt, beta=1.0, alpha=-2.0, out=buf[: r1 - r0])
+        out_d[r0:r1], out_i[r0:r1] = _select(D, k, q[r0:r1], qn[r0:r1], tol[r0:r1], x, zero[: r1 - r0],
+                                             _identity_map, budget)
     return out_d, out_i
 
 
-def _global_shortlist(qc: Tensor, x: Tensor, xn: Tensor, kk: int, nc: int) -> tuple[Tensor, Tensor]:
-    """kk smallest GEMM-form values g = ‖x‖² − 2 q·x per query row (values and candidate indices)."""
+def _global_torch_chunked(q, x, xn, qn, tol, k, budget):
+    """Global search when one row of distances exceeds the budget: candidates in chunks too."""
+    m, e = q.shape
     n = x.shape[0]
-    best_v = best_i = None
-    for c0 in range(0, n, nc):
-        c1 = min(n, c0 + nc)
-        g = torch.addmm(xn[c0:c1].unsqueeze(0), qc, x[c0:c1].t(), beta=1.0, alpha=-2.0)
-        kc = min(kk, c1 - c0)
-        v, i = torch.topk(g, kc, dim=1, largest=False, sorted=False)
-        if c0:
+    nc = max(1, budget // q.element_size())
+    out_d = torch.empty(m, k, dtype=q.dtype, device=q.device)
+    out_i = torch.empty(m, k, dtype=torch.int64, device=q.device)
+    kq = min(n, k + 1)
+    for r0 in range(m):  # a single query row already fills the budget
+        qc = q[r0:r0 + 1]
+        best_v = best_i = None
+        for c0 in range(0, n, nc):
+            c1 = min(n, c0 + nc)
+            g = torch.addmm(xn[c0:c1].unsqueeze(0), qc, x[c0:c1].t(), beta=1.0, alpha=-2.0)
+            v, i = torch.topk(g, min(kq, c1 - c0), dim=1, largest=False)
             i = i + c0
-        if best_v is None:
-            best_v, best_i = v, i
-        else:
-            v = torch.cat([best_v, v], 1)
-            i = torch.cat([best_i, i], 1)
-            kc = min(kk, v.shape[1])
-            v, p = torch.topk(v, kc, dim=1, largest=False, sorted=False)
-            best_v, best_i = v, i.gather(1, p)
-    return best_v, best_i
+            if best_v is not None:
+                v, i = torch.cat([best_v, v], 1), torch.cat([best_i, i], 1)
+            # keep the kq smallest, lower index first among equal values (stable sort on ascending idx)
+            i, p = i.sort(dim=1)
+            v, p2 = v.gather(1, p).sort(dim=1, stable=True)
+            best_v, best_i = v[:, :kq], i.gather(1, p2)[:, :kq]
+        xs = x.index_select(0, best_i[0, :k])
+        d, gi = _lexsort_rows(_direct_sqdist(qc, xs)[None], best_i[:, :k])
+        if kq > k and bool(best_v[0, k] + qn[r0] - tol[r0] <= d[0, k - 1]):
+            thr = d[:, k - 1] - qn[r0:r0 + 1] + tol[r0:r0 + 1]
+            d, gi = _global_fallback(qc, x, xn, thr, k, budget)
+        out_d[r0], out_i[r0] = d[0], gi[0]
+    return out_d, out_i
 
 
 def _global_fallback(qf: Tensor, x: Tensor, xn: Tensor, thr: Tensor, k: int, budget: int
                      ) -> tuple[Tensor, Tensor]:
-    """Exact top-k for a few queries: every candidate whose GEMM value is <= thr is re-ranked exactly.
-
-    thr bounds the GEMM value of every candidate that could be in the answer, so the set is complete.
-    """
+    """Exact top-k for a few queries without a stored distance block: recompute the GEMM values in
+    candidate chunks and re-rank exactly every candidate with g <= thr."""
     r, e = qf.shape
     n = x.shape[0]
-    el = qf.element_size()
-    out_d = torch.empty(r, k, dtype=qf.dtype, device=qf.device)
-    out_i = torch.empty(r, k, dtype=torch.int64, device=qf.device)
-    # worst case every candidate passes the threshold: ~ (8+8+el+8) bytes per pair
-    grp = max(1, min(r, budget // max(1, n * 32)))
-    for g0 in range(0, r, grp):
-        g1 = min(r, g0 + grp)
-        fd, fi, ok = _fallback_group(qf[g0:g1], x, xn, thr[g0:g1], k, budget)
-        if not bool(ok.all()):
-            # the error bound failed (non-finite values?): re-rank those rows over every candidate
-            bad = (~ok).nonzero().squeeze(1)
-            inf = torch.full((bad.numel(),), math.inf, dtype=qf.dtype, device=qf.device)
-            fd2, fi2, _ = _fallback_group(qf[g0:g1][bad], x, xn, inf, k, budget)
-            fd[bad], fi[bad] = fd2, fi2
-        out_d[g0:g1], out_i[g0:g1] = fd, fi
-    return out_d, out_i
-
-
-def _fallback_group(qf: Tensor, x: Tensor, xn: Tensor, thr: Tensor, k: int, budget: int):
-    r, e = qf.shape
-    n = x.shape[0]
-    el = qf.element_size()
-    nc = max(1, min(n, budget // (el * r)))
+    nc = max(1, min(n, budget // (qf.element_size() * r)))
     rr_l, cc_l = [], []
     for c0 in range(0, n, nc):
         c1 = min(n, c0 + nc)
@@ -361,46 +395,52 @@ def _fallback_group(qf: Tensor, x: Tensor, xn: Tensor, thr: Tensor, k: int, budg
         rr, cc = (g <= thr[:, None]).nonzero(as_tuple=True)
         rr_l.append(rr)
         cc_l.append(cc + c0)
-    rr = torch.cat(rr_l)
-    cc = torch.cat(cc_l)
-    dd = torch.empty(rr.numel(), dtype=qf.dtype, device=qf.device)
-    step = max(1, budget // (2 * el * e))
-    for p0 in range(0, rr.numel(), step):
-        p1 = min(rr.numel(), p0 + step)
-        dd[p0:p1] = _direct_sqdist(qf.index_select(0, rr[p0:p1]), x.index_select(0, cc[p0:p1]))
-    return _topk_pairs(rr, cc, dd, r, k)
+    rr, cc = torch.cat(rr_l), torch.cat(cc_l)
+    dd = _pairs_sqdist(qf, x, rr, cc, budget)
+    fd, fi, ok = _topk_pairs(rr, cc, dd, r, k)
+    if not bool(ok.all()):  # cannot happen for finite inputs; stay exact anyway
+        bad = (~ok).nonzero().squeeze(1)
+        big = torch.full((bad.numel(),), torch.finfo(qf.dtype).max, dtype=qf.dtype, device=qf.device)
+        fd[bad], fi[bad] = _global_fallback(qf[bad], x, xn, big, k, budget)
+    return fd, fi
 
 
 # ----------------------------------------------------------------------------------------------------------
 # windowed search (torch, blocked local GEMM)
 
-def _block_plan(R: Tensor, C: Tensor, S: int, b: int, e: int, el: int, budget: int) -> tuple[int, int]:
-    """Pick the query block (br rows × bc cols) with the lowest estimated cost per query.
+# Distance bytes per step on CPU: several query blocks go through one batched GEMM, small enough to stay
+# in cache for the masking and topk passes that follow.
+_WINDOW_STEP_BYTES_CPU = 8 << 20
+_BLOCK_SIDES = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 48)
 
-    Cost per query ≈ (union candidates of the block + a per-block overhead) / queries in the block.
+
+def _span(O: Tensor, s: int) -> int:
+    """Largest O[i+s-1] − O[i]: how far the window origin moves across s consecutive query rows."""
+    if s >= O.numel():
+        return int(O[-1] - O[0])
+    return int((O[s - 1:] - O[: O.numel() - s + 1]).max())
+
+
+def _block_plan(R: Tensor, C: Tensor, S: int, n1: int, n2: int, b: int, el: int, budget: int
+                ) -> tuple[int, int, int, int]:
+    """Query block (br × bc) and its candidate rectangle (uh × uw), cheapest per query.
+
+    Every block of a search uses the same rectangle size (so blocks batch into one GEMM). The distance
+    entries computed per query are uh·uw; small blocks waste fewer of them but make GEMMs with few rows,
+    which run below peak (modelled as 1 + 24/(queries per block)).
     """
-    def spans(O: Tensor, sizes: list[int]) -> dict[int, int]:
-        out = {}
-        for s in sizes:
-            if s <= O.numel():
-                out[s] = int((O[s - 1:] - O[: O.numel() - s + 1]).max()) if O.numel() else 0
-        return out
-
-    Rl, Cl = R.cpu(), C.cpu()
-    sizes = [1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 48, 64]
-    rs = spans(Rl, sizes + [Rl.numel()])
-    cs = spans(Cl, sizes + [Cl.numel()])
-    overhead = 30000  # per-block fixed cost in units of one distance entry (python + dispatch)
-    best, best_cost = (1, 1), math.inf
-    for br, dr in rs.items():
-        for bc, dc in cs.items():
-            U = (S + dr) * (S + dc)
-            mem = b * br * bc * U * el * 2  # distance block + topk/penalty temporaries
-            if mem > budget and (br, bc) != (1, 1):
+    m1, m2 = R.numel(), C.numel()
+    best, best_cost = None, math.inf
+    for br in sorted({min(s, m1) for s in _BLOCK_SIDES}):
+        uh = min(n1, S + _span(R, br))
+        for bc in sorted({min(s, m2) for s in _BLOCK_SIDES}):
+            uw = min(n2, S + _span(C, bc))
+            nq = br * bc
+            if b * nq * uh * uw * el > budget and best is not None:
                 continue
-            cost = (U * (1 + 8.0 / e) + overhead / b) / (br * bc)
+            cost = uh * uw * (1.0 + 24.0 / nq)
             if cost < best_cost:
-                best, best_cost = (br, bc), cost
+                best, best_cost = (br, bc, uh, uw), cost
     return best
 
 
@@ -414,94 +454,75 @@ def _windowed_torch(q: Tensor, x: Tensor, k: int, qg: tuple[int, int], cg: tuple
     dev = q.device
     el = q.element_size()
     S = window_side(window, cg)
-    o = S * S
     R, C = window_origins(qg, cg, window, dev)
-    Rl, Cl = R.tolist(), C.tolist()
-    kk = min(o, k + _MARGIN)
-    br, bc = _block_plan(R, C, S, b, e, el, budget)
+    Rc, Cc = R.cpu(), C.cpu()
+    if b > 1 and b * S * S * el > budget:  # even one query per item is over budget: one item at a time
+        parts = [_windowed_torch(q[i:i + 1], x[i:i + 1], k, qg, cg, window, budget) for i in range(b)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+    br, bc, uh, uw = _block_plan(Rc, Cc, S, n1, n2, b, el, budget)
+    U, nq = uh * uw, br * bc
+    inf = math.inf
 
-    u = _unit_roundoff(q.dtype, dev)
-    tolf = _tol_factor(e, u)
+    # Block grid. The last block of a row/column is shifted back to end at the grid edge (overlapping its
+    # neighbour, whose results it rewrites identically) so that every block has the same shape.
+    row_starts = sorted({min(i, m1 - br) for i in range(0, m1, br)})
+    col_starts = torch.tensor(sorted({min(j, m2 - bc) for j in range(0, m2, bc)}), dtype=torch.int64)
+    ucs = torch.minimum(Cc[col_starts], torch.tensor(n2 - uw))  # candidate rectangle column starts
+    ar_bc, ar_uw, ar_uh = torch.arange(bc), torch.arange(uw), torch.arange(uh)
+    cols_idx = (col_starts[:, None] + ar_bc).to(dev)  # nbc × bc query columns
+    ucols_idx = (ucs[:, None] + ar_uw).to(dev)  # nbc × uw candidate columns
+    cq = C[cols_idx]  # window column origin of each query column
+    # colpen[j, c, w]: 0 if candidate column ucols_idx[j, w] is in the window of query column cols_idx[j, c]
+    colpen = torch.where((ucols_idx[:, None, :] >= cq[:, :, None]) & (ucols_idx[:, None, :] < cq[:, :, None] + S),
+                         0.0, inf).to(q.dtype)
+    ucs_dev = ucs.to(dev)
+    nbc = col_starts.numel()
+
     xn = (x * x).sum(-1)  # b × n
     qn = (q * q).sum(-1)  # b × m
+    tolf = _tol_factor(e, _unit_roundoff(q.dtype, dev))
     xn_max = xn.amax(dim=1)  # b
-    q4 = q.view(b, m1, m2, e)
-    x4 = x.view(b, n1, n2, e)
-    xn3 = xn.view(b, n1, n2)
+    q4, x4 = q.view(b, m1, m2, e), x.view(b, n1, n2, e)
+    qn3, xn3 = qn.view(b, m1, m2), xn.view(b, n1, n2)
     x_flat = x.reshape(b * n, e)
-    boff = (torch.arange(b, device=dev) * n).view(b, 1, 1)
+    step = budget if dev.type == "cuda" else min(budget, _WINDOW_STEP_BYTES_CPU)
+    G = max(1, min(nbc, step // max(1, b * nq * U * el)))  # query blocks per batched GEMM
     out_d = torch.empty(b, m1, m2, k, dtype=q.dtype, device=dev)
     out_i = torch.empty(b, m1, m2, k, dtype=torch.int64, device=dev)
-    inf = math.inf
-    for r0 in range(0, m1, br):
-        r1 = min(m1, r0 + br)
-        ur0, ur1 = Rl[r0], Rl[r1 - 1] + S
-        uh = ur1 - ur0
-        a = torch.arange(ur0, ur1, device=dev)
-        # +inf for candidate rows outside each query row's window, 0 inside
-        rowpen = torch.where((a[None, :] >= R[r0:r1, None]) & (a[None, :] < R[r0:r1, None] + S), 0.0, inf)
-        rowpen = rowpen.to(q.dtype)
-        for c0 in range(0, m2, bc):
-            c1 = min(m2, c0 + bc)
-            uc0, uc1 = Cl[c0], Cl[c1 - 1] + S
-            uw = uc1 - uc0
-            cc = torch.arange(uc0, uc1, device=dev)
-            colpen = torch.where((cc[None, :] >= C[c0:c1, None]) & (cc[None, :] < C[c0:c1, None] + S), 0.0, inf)
-            colpen = colpen.to(q.dtype)
-            nr, ncl = r1 - r0, c1 - c0
-            nq = nr * ncl
-            qb = q4[:, r0:r1, c0:c1].reshape(b, nq, e)
-            xb = x4[:, ur0:ur1, uc0:uc1].reshape(b, uh * uw, e)
-            xnb = xn3[:, ur0:ur1, uc0:uc1].reshape(b, 1, uh * uw)
-            g = torch.baddbmm(xnb, qb, xb.transpose(1, 2), beta=1.0, alpha=-2.0)  # b × nq × U
-            g5 = g.view(b, nr, ncl, uh, uw)
-            g5.add_(rowpen.view(1, nr, 1, uh, 1))
-            g5.add_(colpen.view(1, 1, ncl, 1, uw))
-            gval, lidx = torch.topk(g, kk, dim=2, largest=False, sorted=False)  # b × nq × kk
-            gidx = (ur0 + lidx // uw) * n2 + (uc0 + lidx % uw)
-            qflat = qb.reshape(b * nq, e)
-            d_s, i_s = _rerank(qflat, x_flat, (gidx + boff).view(b * nq, kk), k)
-            i_s = i_s.view(b, nq, kk) - boff
-            d_s = d_s.view(b, nq, kk)
-            res_d = d_s[:, :, :k]
-            res_i = i_s[:, :, :k]
-            if kk < o:
-                qn_b = qn.view(b, m1, m2)[:, r0:r1, c0:c1].reshape(b, nq)
-                tol = tolf * (qn_b + xn_max[:, None])
-                need = gval.amax(dim=2) + qn_b - tol <= d_s[:, :, k - 1]
-                if bool(need.any()):
-                    res_d = res_d.clone()
-                    res_i = res_i.clone()
-                    bi, qi = need.nonzero(as_tuple=True)
-                    fd, fi = _window_fallback(qb[bi, qi], x_flat, bi, r0 + qi // ncl, c0 + qi % ncl,
-                                              R, C, S, n, n2, k, budget)
-                    res_d[bi, qi] = fd
-                    res_i[bi, qi] = fi
-            out_d[:, r0:r1, c0:c1] = res_d.view(b, nr, ncl, k)
-            out_i[:, r0:r1, c0:c1] = res_i.view(b, nr, ncl, k)
+    bbase = (torch.arange(b, device=dev) * n).view(b, 1, 1)
+    for r0 in row_starts:
+        ur0 = min(int(Rc[r0]), n1 - uh)
+        ra = torch.arange(ur0, ur0 + uh, device=dev)
+        rq = R[r0:r0 + br, None]
+        rowpen = torch.where((ra[None, :] >= rq) & (ra[None, :] < rq + S), 0.0, inf).to(q.dtype)  # br × uh
+        qs, qns = q4[:, r0:r0 + br], qn3[:, r0:r0 + br]  # b × br × m2 (× e)
+        xs, xns = x4[:, ur0:ur0 + uh], xn3[:, ur0:ur0 + uh]  # b × uh × n2 (× e)
+        for j0 in range(0, nbc, G):
+            j1 = min(nbc, j0 + G)
+            g = j1 - j0
+            ci, uci = cols_idx[j0:j1], ucols_idx[j0:j1]
+            # gather g query blocks and their candidate rectangles into batched contiguous operands
+            Qg = qs[:, :, ci].permute(0, 2, 1, 3, 4).reshape(b * g, nq, e)
+            Xg = xs[:, :, uci].permute(0, 2, 1, 3, 4).reshape(b * g, U, e)
+            XNg = xns[:, :, uci].permute(0, 2, 1, 3).reshape(b * g, 1, U)
+            D = torch.baddbmm(XNg, Qg, Xg.transpose(1, 2), beta=1.0, alpha=-2.0)  # (b·g) × nq × U
+            D6 = D.view(b, g, br, bc, uh, uw)
+            D6.add_(rowpen.view(1, 1, br, 1, uh, 1))
+            D6.add_(colpen[j0:j1].view(1, g, 1, bc, 1, uw))
+            QN = qns[:, :, ci].permute(0, 2, 1, 3).reshape(-1)
+            rowb = bbase.expand(b, g, nq).reshape(-1)
+            rowcs = ucs_dev[j0:j1].view(1, g, 1).expand(b, g, nq).reshape(-1)
+            tol = tolf * (QN + xn_max.view(b, 1).expand(b, g * nq).reshape(-1))
+
+            def col_map(u: Tensor, rows: Tensor, _ur0: int = ur0, _rowcs: Tensor = rowcs) -> Tensor:
+                return (_ur0 + u // uw) * n2 + _rowcs[rows] + u % uw
+
+            d, i = _select(D.view(b * g * nq, U), k, Qg.view(b * g * nq, e), QN, tol, x_flat, rowb, col_map,
+                           budget)
+            flat_cols = ci.reshape(-1)
+            out_d[:, r0:r0 + br, flat_cols] = d.view(b, g, br, bc, k).permute(0, 2, 1, 3, 4).reshape(b, br, g * bc, k)
+            out_i[:, r0:r0 + br, flat_cols] = i.view(b, g, br, bc, k).permute(0, 2, 1, 3, 4).reshape(b, br, g * bc, k)
     return out_d.view(b, m, k), out_i.view(b, m, k)
-
-
-def _window_fallback(qf: Tensor, x_flat: Tensor, bi: Tensor, ri: Tensor, ci: Tensor, R: Tensor, C: Tensor,
-                     S: int, n: int, n2: int, k: int, budget: int) -> tuple[Tensor, Tensor]:
-    """Exact top-k over the whole S×S window for a few queries (near-ties in the shortlist)."""
-    r, e = qf.shape
-    off = torch.arange(S, device=qf.device)
-    o = S * S
-    step = max(1, budget // (2 * qf.element_size() * o * e))
-    out_d = torch.empty(r, k, dtype=qf.dtype, device=qf.device)
-    out_i = torch.empty(r, k, dtype=torch.int64, device=qf.device)
-    for p0 in range(0, r, step):
-        p1 = min(r, p0 + step)
-        rows = R[ri[p0:p1]][:, None] + off[None, :]
-        cols = C[ci[p0:p1]][:, None] + off[None, :]
-        idx = (rows[:, :, None] * n2 + cols[:, None, :]).reshape(p1 - p0, o)  # ascending per row
-        xs = x_flat.index_select(0, (idx + bi[p0:p1, None] * n).reshape(-1)).view(p1 - p0, o, e)
-        d = _direct_sqdist(qf[p0:p1, None, :], xs)
-        d_s, p = d.sort(dim=1, stable=True)  # stable on ascending idx: ties go to the lower index
-        out_d[p0:p1] = d_s[:, :k]
-        out_i[p0:p1] = idx.gather(1, p[:, :k])
-    return out_d, out_i
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -516,37 +537,35 @@ def _faiss_available() -> bool:
 
 
 def _global_faiss(q: Tensor, x: Tensor, k: int, budget: int) -> tuple[Tensor, Tensor]:
-    """faiss brute-force shortlist, then the same exact re-rank and completeness check as the torch path.
+    """faiss brute-force top-(k+1), then the same exact re-rank and completeness check as the torch path.
 
-    So results are identical to backend="torch" (same distances, same tie-breaking), only the shortlist
-    GEMM + selection comes from faiss.
+    Results are identical to backend="torch" (same distances, same tie-breaking); only the GEMM and the
+    selection come from faiss.
     """
     import faiss
     import numpy as np
 
     m, e = q.shape
     n = x.shape[0]
-    kk = min(n, k + _MARGIN)
+    kq = min(n, k + 1)
     q32 = q.to(torch.float32).contiguous()
     x32 = x.to(torch.float32).contiguous()
-    gval, gidx = faiss.knn(q32.numpy(), x32.numpy(), kk)  # gval = ‖q‖² + ‖x‖² − 2 q·x (fp32 GEMM form)
-    gval = torch.from_numpy(np.ascontiguousarray(gval))
+    gval, gidx = faiss.knn(q32.numpy(), x32.numpy(), kq)  # ascending ‖q‖² + ‖x‖² − 2 q·x, fp32 GEMM form
+    gval = torch.from_numpy(np.ascontiguousarray(gval)).to(q.dtype)
     gidx = torch.from_numpy(np.ascontiguousarray(gidx)).to(torch.int64)
     xn = (x * x).sum(-1)
     qn = (q * q).sum(-1)
-    d_s, i_s = _rerank(q, x, gidx, k)
-    d_k = d_s[:, k - 1]
+    d, i = _lexsort_rows(_direct_sqdist(q[:, None, :], x[gidx[:, :k]]), gidx[:, :k])
+    if kq == k:
+        return d, i
     u = max(_unit_roundoff(q.dtype, q.device), 2.0 ** -24)  # faiss always works in fp32
-    tol = _tol_factor(e, u) * (qn + float(xn.max()))
-    out_d, out_i = d_s[:, :k].contiguous(), i_s[:, :k].contiguous()
-    if kk < n:
-        need = gval.max(dim=1).values.to(q.dtype) - tol <= d_k
-        if bool(need.any()):
-            rows_fb = need.nonzero().squeeze(1)
-            thr = d_k[rows_fb] - qn[rows_fb] + tol[rows_fb]
-            fd, fi = _global_fallback(q[rows_fb], x, xn, thr, k, budget)
-            out_d[rows_fb], out_i[rows_fb] = fd, fi
-    return out_d, out_i
+    tol = _tol_factor(e, u) * (qn + xn.max())
+    need = gval[:, k] - tol <= d[:, k - 1]
+    if bool(need.any()):
+        rows = need.nonzero().squeeze(1)
+        thr = d[rows, k - 1] - qn[rows] + tol[rows]
+        d[rows], i[rows] = _global_fallback(q[rows], x, xn, thr, k, budget)
+    return d, i
 
 
 # ----------------------------------------------------------------------------------------------------------

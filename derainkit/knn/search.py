@@ -259,56 +259,56 @@ def _pairs_sqdist(qrows: Tensor, cand_flat: Tensor, rr: Tensor, ci: Tensor, budg
     return dd
 
 
-def _select(D: Tensor, k: int, qrows: Tensor, qn: Tensor, tol: Tensor, cand_flat: Tensor, row_base: Tensor,
-            col_map, budget: int) -> tuple[Tensor, Tensor]:
+def _select(D: Tensor, k: int, qrows: Tensor, qn: Tensor, tol: Tensor, cand_flat: Tensor,
+            lut: Tensor | None, nq: int, budget: int) -> tuple[Tensor, Tensor]:
     """Exact top-k of each row of a distance block.
 
     D: R×U GEMM-form values g = ‖x‖² − 2 q·x, +inf where a query may not look (outside its window).
     qrows R×e queries, qn R their squared norms, tol R bounds on |g − (δ − ‖q‖²)| (δ = direct Σ(q−x)²).
-    cand_flat: every candidate (all batch items) N×e; row_base R: offset of each row's batch item in it.
-    col_map(u, rows): D's column u of row `rows` -> candidate index within the batch item.
-    Returns (δ R×k, idx R×k) sorted by (δ, idx).
+    cand_flat: candidates N×e. lut: None if D's column u is candidate u; else (R/nq)×U, the candidate
+    (row of cand_flat) behind column u for each group of nq consecutive rows.
+    Returns (δ R×k, candidate rows R×k) sorted by (δ, candidate row).
     """
     R, U = D.shape
     e = qrows.shape[1]
     kq = min(k + 1, U)
     v, u = torch.topk(D, kq, dim=1, largest=False, sorted=True)
-    rows_all = torch.arange(R, device=D.device)[:, None]
-    gidx = col_map(u[:, :k], rows_all)
+    win = u[:, :k]
+    if lut is not None:
+        nb = lut.shape[0]
+        win = torch.gather(lut.view(nb, 1, U).expand(nb, nq, U), 2, win.reshape(nb, nq, k)).view(R, k)
     # exact distances of the k GEMM winners: one gather of k·e values per query
-    xs = cand_flat.index_select(0, (gidx + row_base[:, None]).reshape(-1)).view(R, k, e)
+    xs = cand_flat.index_select(0, win.reshape(-1)).view(R, k, e)
     d = xs.sub_(qrows[:, None, :]).square_().sum(-1)
-    d, gidx = _lexsort_rows(d, gidx)
+    d, win = _lexsort_rows(d, win)
     if kq == k:  # every allowed candidate was taken
-        return d, gidx
+        return d, win
     # Complete unless a candidate outside the winners could have δ <= the k-th exact distance. Any such
     # candidate has g >= v[:, k] (the (k+1)-th GEMM value), hence δ >= v[:, k] + ‖q‖² − tol.
     need = v[:, k] + qn - tol <= d[:, k - 1]
     if not bool(need.any()):
-        return d, gidx
+        return d, win
     rows = need.nonzero().squeeze(1)
     thr = d[rows, k - 1] - qn[rows] + tol[rows]
     # every candidate that could belong to the answer has g <= thr: re-rank them all exactly
     step = max(1, budget // max(1, 24 * U))
     for s0 in range(0, rows.numel(), step):
         rs = rows[s0:s0 + step]
-        th = thr[s0:s0 + step]
-        fd, fi, ok = _threshold_rerank(D, rs, th, qrows, cand_flat, row_base, col_map, k, budget)
+        fd, fi, ok = _threshold_rerank(D, rs, thr[s0:s0 + step], qrows, cand_flat, lut, nq, k, budget)
         if not bool(ok.all()):
             # the error bound failed (cannot happen for finite inputs): take every allowed candidate
             bad = (~ok).nonzero().squeeze(1)
             big = torch.full((bad.numel(),), torch.finfo(D.dtype).max, dtype=D.dtype, device=D.device)
-            fd[bad], fi[bad], _ = _threshold_rerank(D, rs[bad], big, qrows, cand_flat, row_base, col_map, k,
-                                                    budget)
-        d[rs], gidx[rs] = fd, fi
-    return d, gidx
+            fd[bad], fi[bad], _ = _threshold_rerank(D, rs[bad], big, qrows, cand_flat, lut, nq, k, budget)
+        d[rs], win[rs] = fd, fi
+    return d, win
 
 
-def _threshold_rerank(D, rs, thr, qrows, cand_flat, row_base, col_map, k, budget):
+def _threshold_rerank(D, rs, thr, qrows, cand_flat, lut, nq, k, budget):
     rr, uu = (D.index_select(0, rs) <= thr[:, None]).nonzero(as_tuple=True)
     orig = rs[rr]
-    cc = col_map(uu, orig)
-    dd = _pairs_sqdist(qrows, cand_flat, orig, cc + row_base[orig], budget)
+    cc = uu if lut is None else lut[orig // nq, uu]
+    dd = _pairs_sqdist(qrows, cand_flat, orig, cc, budget)
     return _topk_pairs(rr, cc, dd, rs.numel(), k)
 
 
@@ -318,10 +318,6 @@ def _threshold_rerank(D, rs, thr, qrows, cand_flat, row_base, col_map, k, budget
 # Query rows per distance block on CPU: ~16 MB blocks stay in the last-level cache between the GEMM that
 # writes them and the topk that reads them (measured on a 2-core EPYC; bigger blocks were not faster).
 _GLOBAL_BLOCK_BYTES_CPU = 16 << 20
-
-
-def _identity_map(u: Tensor, rows: Tensor) -> Tensor:
-    return u
 
 
 def _global_torch(q: Tensor, x: Tensor, k: int, budget: int) -> tuple[Tensor, Tensor]:
@@ -337,7 +333,6 @@ def _global_torch(q: Tensor, x: Tensor, k: int, budget: int) -> tuple[Tensor, Te
     block = budget if q.device.type == "cuda" else min(budget, _GLOBAL_BLOCK_BYTES_CPU)
     rows = max(1, min(m, block // (n * el)))
     buf = torch.empty(rows, n, dtype=q.dtype, device=q.device)  # reused: no page faults per block
-    zero = torch.zeros(rows, dtype=torch.int64, device=q.device)
     out_d = torch.empty(m, k, dtype=q.dtype, device=q.device)
     out_i = torch.empty(m, k, dtype=torch.int64, device=q.device)
     xt = x.t()
@@ -345,8 +340,7 @@ def _global_torch(q: Tensor, x: Tensor, k: int, budget: int) -> tuple[Tensor, Te
     for r0 in range(0, m, rows):
         r1 = min(m, r0 + rows)
         D = torch.addmm(xn_row, q[r0:r1], xt, beta=1.0, alpha=-2.0, out=buf[: r1 - r0])
-        out_d[r0:r1], out_i[r0:r1] = _select(D, k, q[r0:r1], qn[r0:r1], tol[r0:r1], x, zero[: r1 - r0],
-                                             _identity_map, budget)
+        out_d[r0:r1], out_i[r0:r1] = _select(D, k, q[r0:r1], qn[r0:r1], tol[r0:r1], x, None, 1, budget)
     return out_d, out_i
 
 
@@ -462,67 +456,61 @@ def _windowed_torch(q: Tensor, x: Tensor, k: int, qg: tuple[int, int], cg: tuple
     br, bc, uh, uw = _block_plan(Rc, Cc, S, n1, n2, b, el, budget)
     U, nq = uh * uw, br * bc
     inf = math.inf
+    i64 = dict(dtype=torch.int64, device=dev)
 
     # Block grid. The last block of a row/column is shifted back to end at the grid edge (overlapping its
-    # neighbour, whose results it rewrites identically) so that every block has the same shape.
+    # neighbour, whose results it rewrites identically) so that every block has the same shape; each block
+    # reads the uh×uw candidate rectangle that holds all of its queries' windows.
     row_starts = sorted({min(i, m1 - br) for i in range(0, m1, br)})
     col_starts = torch.tensor(sorted({min(j, m2 - bc) for j in range(0, m2, bc)}), dtype=torch.int64)
-    ucs = torch.minimum(Cc[col_starts], torch.tensor(n2 - uw))  # candidate rectangle column starts
-    ar_bc, ar_uw, ar_uh = torch.arange(bc), torch.arange(uw), torch.arange(uh)
-    cols_idx = (col_starts[:, None] + ar_bc).to(dev)  # nbc × bc query columns
-    ucols_idx = (ucs[:, None] + ar_uw).to(dev)  # nbc × uw candidate columns
-    cq = C[cols_idx]  # window column origin of each query column
-    # colpen[j, c, w]: 0 if candidate column ucols_idx[j, w] is in the window of query column cols_idx[j, c]
-    colpen = torch.where((ucols_idx[:, None, :] >= cq[:, :, None]) & (ucols_idx[:, None, :] < cq[:, :, None] + S),
-                         0.0, inf).to(q.dtype)
-    ucs_dev = ucs.to(dev)
+    ucs = torch.minimum(Cc[col_starts], torch.tensor(n2 - uw)).to(dev)  # rectangle column starts
+    col_starts = col_starts.to(dev)
     nbc = col_starts.numel()
+    ar_b = torch.arange(b, **i64).view(b, 1, 1, 1)
+    # flat row offsets (with stripe start 0) of every query block / candidate rectangle: b × nbc × (.)
+    q_off = (ar_b * m + torch.arange(br, **i64).view(1, 1, br, 1) * m2
+             + col_starts.view(1, nbc, 1, 1) + torch.arange(bc, **i64).view(1, 1, 1, bc))
+    u_off = (ar_b * n + torch.arange(uh, **i64).view(1, 1, uh, 1) * n2
+             + ucs.view(1, nbc, 1, 1) + torch.arange(uw, **i64).view(1, 1, 1, uw))
+    q_off, u_off = q_off.view(b, nbc, nq), u_off.view(b, nbc, U)
+    # colpen[j, c, w]: 0 if rectangle column w of block column j is inside query column c's window, else inf
+    cq = C[col_starts.view(nbc, 1) + torch.arange(bc, **i64)]  # window origin per query column
+    ucol = ucs.view(nbc, 1) + torch.arange(uw, **i64)
+    colpen = torch.where((ucol[:, None, :] >= cq[:, :, None]) & (ucol[:, None, :] < cq[:, :, None] + S),
+                         0.0, inf).to(q.dtype)
 
-    xn = (x * x).sum(-1)  # b × n
-    qn = (q * q).sum(-1)  # b × m
+    q_flat, x_flat = q.reshape(b * m, e), x.reshape(b * n, e)
+    qn, xn = (q_flat * q_flat).sum(-1), (x_flat * x_flat).sum(-1)
     tolf = _tol_factor(e, _unit_roundoff(q.dtype, dev))
-    xn_max = xn.amax(dim=1)  # b
-    q4, x4 = q.view(b, m1, m2, e), x.view(b, n1, n2, e)
-    qn3, xn3 = qn.view(b, m1, m2), xn.view(b, n1, n2)
-    x_flat = x.reshape(b * n, e)
+    xn_max = xn.max()
     step = budget if dev.type == "cuda" else min(budget, _WINDOW_STEP_BYTES_CPU)
     G = max(1, min(nbc, step // max(1, b * nq * U * el)))  # query blocks per batched GEMM
-    out_d = torch.empty(b, m1, m2, k, dtype=q.dtype, device=dev)
-    out_i = torch.empty(b, m1, m2, k, dtype=torch.int64, device=dev)
-    bbase = (torch.arange(b, device=dev) * n).view(b, 1, 1)
+    out_d = torch.empty(b * m, k, dtype=q.dtype, device=dev)
+    out_i = torch.empty(b * m, k, dtype=torch.int64, device=dev)
+    ra = torch.arange(uh, **i64)
     for r0 in row_starts:
         ur0 = min(int(Rc[r0]), n1 - uh)
-        ra = torch.arange(ur0, ur0 + uh, device=dev)
-        rq = R[r0:r0 + br, None]
+        rq = R[r0:r0 + br, None] - ur0
         rowpen = torch.where((ra[None, :] >= rq) & (ra[None, :] < rq + S), 0.0, inf).to(q.dtype)  # br × uh
-        qs, qns = q4[:, r0:r0 + br], qn3[:, r0:r0 + br]  # b × br × m2 (× e)
-        xs, xns = x4[:, ur0:ur0 + uh], xn3[:, ur0:ur0 + uh]  # b × uh × n2 (× e)
         for j0 in range(0, nbc, G):
             j1 = min(nbc, j0 + G)
             g = j1 - j0
-            ci, uci = cols_idx[j0:j1], ucols_idx[j0:j1]
-            # gather g query blocks and their candidate rectangles into batched contiguous operands
-            Qg = qs[:, :, ci].permute(0, 2, 1, 3, 4).reshape(b * g, nq, e)
-            Xg = xs[:, :, uci].permute(0, 2, 1, 3, 4).reshape(b * g, U, e)
-            XNg = xns[:, :, uci].permute(0, 2, 1, 3).reshape(b * g, 1, U)
-            D = torch.baddbmm(XNg, Qg, Xg.transpose(1, 2), beta=1.0, alpha=-2.0)  # (b·g) × nq × U
+            qidx = (q_off[:, j0:j1] + r0 * m2).reshape(-1)  # (b·g·nq) rows of q_flat, block-major
+            lut = (u_off[:, j0:j1] + ur0 * n2).reshape(b * g, U)  # rows of x_flat behind each column
+            Qg = q_flat.index_select(0, qidx).view(b * g, nq, e)
+            Xg = x_flat.index_select(0, lut.view(-1)).view(b * g, U, e)
+            D = torch.baddbmm(xn[lut].view(b * g, 1, U), Qg, Xg.transpose(1, 2), beta=1.0, alpha=-2.0)
             D6 = D.view(b, g, br, bc, uh, uw)
             D6.add_(rowpen.view(1, 1, br, 1, uh, 1))
             D6.add_(colpen[j0:j1].view(1, g, 1, bc, 1, uw))
-            QN = qns[:, :, ci].permute(0, 2, 1, 3).reshape(-1)
-            rowb = bbase.expand(b, g, nq).reshape(-1)
-            rowcs = ucs_dev[j0:j1].view(1, g, 1).expand(b, g, nq).reshape(-1)
-            tol = tolf * (QN + xn_max.view(b, 1).expand(b, g * nq).reshape(-1))
-
-            def col_map(u: Tensor, rows: Tensor, _ur0: int = ur0, _rowcs: Tensor = rowcs) -> Tensor:
-                return (_ur0 + u // uw) * n2 + _rowcs[rows] + u % uw
-
-            d, i = _select(D.view(b * g * nq, U), k, Qg.view(b * g * nq, e), QN, tol, x_flat, rowb, col_map,
+            QN = qn[qidx]
+            d, i = _select(D.view(b * g * nq, U), k, Qg.view(-1, e), QN, tolf * (QN + xn_max), x_flat, lut, nq,
                            budget)
-            flat_cols = ci.reshape(-1)
-            out_d[:, r0:r0 + br, flat_cols] = d.view(b, g, br, bc, k).permute(0, 2, 1, 3, 4).reshape(b, br, g * bc, k)
-            out_i[:, r0:r0 + br, flat_cols] = i.view(b, g, br, bc, k).permute(0, 2, 1, 3, 4).reshape(b, br, g * bc, k)
-    return out_d.view(b, m, k), out_i.view(b, m, k)
+            out_d.index_copy_(0, qidx, d)
+            out_i.index_copy_(0, qidx, i)
+    # candidate rows of x_flat -> indices within each batch item
+    out_i = out_i.view(b, m, k) - (torch.arange(b, **i64) * n).view(b, 1, 1)
+    return out_d.view(b, m, k), out_i
 
 
 # ----------------------------------------------------------------------------------------------------------

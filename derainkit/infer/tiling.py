@@ -76,13 +76,14 @@ def plan_tiles(height: int, width: int, bytes_per_pixel: float, device: torch.de
     budget = memory_budget if memory_budget is not None else int(0.6 * available_memory(device))
     need = bytes_per_pixel * height * width
     if need <= budget:
-        return TilePlan(None, 0, blend, f"fits: ~{need / 2**20:.0f} MiB of {budget / 2**20:.0f} MiB budget")
+        # the reason names only what depends on the image, so records of reruns are identical
+        return TilePlan(None, 0, blend, f"fits the memory budget (~{need / 2**20:.0f} MiB needed)")
     # the tile's own memory includes its overlap margins
     side = int(math.sqrt(budget / bytes_per_pixel))
     side = max(min_tile, side - side % 8)
     overlap = min(overlap, side // 4)
     return TilePlan(side, overlap, blend,
-                    f"~{need / 2**20:.0f} MiB needed > {budget / 2**20:.0f} MiB budget on {torch.device(device).type}")
+                    f"~{need / 2**20:.0f} MiB needed exceeds the {torch.device(device).type} memory budget")
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:

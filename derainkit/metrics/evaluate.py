@@ -117,7 +117,13 @@ def evaluate(pairs: Sequence[Pair], predict: PredictFn | None, out_dir: str | Pa
     digest = write_manifest(list(pairs), out_dir / "manifest.csv")
     means = {proto: {key: _mean([r[f"{proto}/{key}"] for r in rows])
                      for key in ("psnr", "ssim", "input_psnr", "input_ssim")} for proto in protocols}
-    tilings = sorted({json.dumps(i.get("tiling"), sort_keys=True) for i in infos if i.get("tiling")})
+    # how many images ran whole or with each tile setting (the reasons live in per_image.csv's tile column)
+    tiling_counts: dict[str, int] = {}
+    for info in infos:
+        t = info.get("tiling")
+        if t:
+            key = "whole image" if t["tile"] is None else f"tile {t['tile']} overlap {t['overlap']} blend {t['blend']}"
+            tiling_counts[key] = tiling_counts.get(key, 0) + 1
     summary = {
         "n_images": len(rows),
         "metrics": means,
@@ -125,7 +131,7 @@ def evaluate(pairs: Sequence[Pair], predict: PredictFn | None, out_dir: str | Pa
         "quantize": quantize,
         "data_root": str(data_root) if data_root is not None else None,
         "manifest_sha256": digest,
-        "tiling": [json.loads(t) for t in tilings],
+        "tiling": tiling_counts,
         "wall_seconds": round(wall, 2),
         **(meta or {}),
         "provenance": provenance(device),

@@ -56,7 +56,7 @@ def resolve_data(spec: str | Path) -> Path:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from derainkit.data import discover_pairs
     from derainkit.metrics.evaluate import evaluate
-    from derainkit.provenance import sha256_file
+    from derainkit.data import file_sha256
 
     args.data = resolve_data(args.data)
     pairs = discover_pairs(args.data, layout=args.layout)
@@ -68,7 +68,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         spec, predictor = _predictor(args)
         quantize = spec.official_quantize if args.quantize == "auto" else args.quantize
         weights = args.weights or spec.default_weights
-        meta.update(model=args.model, weights=str(weights), weights_sha256=sha256_file(weights),
+        meta.update(model=args.model, weights=str(weights), weights_sha256=file_sha256(weights),
                     model_config=predictor.model.config.to_dict() if hasattr(predictor.model, "config") else None)
         device = str(predictor.device)
 

@@ -1,7 +1,6 @@
 """Provenance recorded with every result: which code, which machine, which libraries."""
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import subprocess
@@ -39,14 +38,6 @@ def library_versions() -> dict[str, str]:
 
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
             "scikit-image": skimage.__version__}
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def now_iso() -> str:

@@ -104,7 +104,12 @@ class ResBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.attn(x) if self.attn is not None else x
-        return x + self.conv2(F.leaky_relu(self.conv1(y), self.negative_slope))
+        if torch.is_grad_enabled():
+            return x + self.conv2(F.leaky_relu(self.conv1(y), self.negative_slope))
+        # inference: reuse buffers in place (two fewer full-resolution temporaries per block)
+        t = F.leaky_relu(self.conv1(y), self.negative_slope, inplace=True)
+        del y
+        return self.conv2(t).add_(x)
 
 
 class SubNetwork(nn.Module):
@@ -164,24 +169,35 @@ class SubNetwork(nn.Module):
     def _forward_buffer(self, x, phi, need_phi):
         # Without autograd, write every block output once into a preallocated (M+1)·C buffer and run
         # the dense 1×1 convs on channel-prefix views: no growing torch.cat copies, which dominate peak
-        # memory on large images (13·C full-resolution channels). Same arithmetic as the cat path.
-        slope, c = self.negative_slope, self.channels
+        # memory on large images (13·C full-resolution channels). The buffer is pixel-major (NHWC), so a
+        # channel prefix is a row-strided matrix and each 1×1 conv is one GEMM (addmm) reading it in
+        # place. Same arithmetic as the cat path.
+        slope, c, m = self.negative_slope, self.channels, self.m_blocks
         b, _, hgt, wid = x.shape
-        buf = x.new_empty(b, (self.m_blocks + 1) * c, hgt, wid)
-        buf[:, :c] = x
-        h = x
-        u = x
+        buf = x.new_empty(b, hgt, wid, (m + 1) * c)
+        rows = buf.view(b * hgt * wid, (m + 1) * c)       # one row per pixel
+        chw = buf.permute(0, 3, 1, 2)                     # NCHW-shaped, channels-last strided view
+        chw[:, :c] = x
+        h = self._block_input(x, phi)
         for j, block in enumerate(self.blocks):
-            u = block(self._block_input(h, phi))
-            buf[:, (j + 1) * c:(j + 2) * c] = u
-            del u
-            if j < self.m_blocks - 1:
-                h = F.leaky_relu(self.dense[j](buf[:, :(j + 2) * c]), slope)
-        u = buf[:, self.m_blocks * c:].clone()
+            chw[:, (j + 1) * c:(j + 2) * c] = block(h)
+            del h
+            if j < m - 1:
+                h = self._conv1x1_rows(self.dense[j], rows[:, :(j + 2) * c], b, hgt, wid)
+                h = F.leaky_relu(h, slope, inplace=True)
+                if phi is not None:
+                    h.add_(phi)  # h is a fresh GEMM output: add Φ in place
+        u = chw[:, m * c:].contiguous(memory_format=torch.channels_last)
         phi_new = None
         if need_phi and self.fusion is not None:
-            phi_new = F.leaky_relu(self.fusion(buf[:, c:]), slope)
+            phi_new = F.leaky_relu(self._conv1x1_rows(self.fusion, rows[:, c:], b, hgt, wid), slope, inplace=True)
         return u, phi_new
+
+    @staticmethod
+    def _conv1x1_rows(conv: nn.Conv2d, rows: torch.Tensor, b: int, hgt: int, wid: int) -> torch.Tensor:
+        """1×1 conv of pixel rows (P×Cin, any row stride) -> b×Cout×H×W in channels-last layout."""
+        out = torch.addmm(conv.bias, rows, conv.weight.flatten(1).t())
+        return out.view(b, hgt, wid, -1).permute(0, 3, 1, 2)
 
 
 class DenseResidual(nn.Module):
@@ -200,12 +216,30 @@ class DenseResidual(nn.Module):
         self.dense = nn.ModuleList(dense)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled() and len(self.blocks):
+            return self._forward_buffer(x)
         feats = [x]
         h = x
         for block, fuse in zip(self.blocks, self.dense):
             feats.append(block(h))
             h = F.leaky_relu(fuse(torch.cat(feats, 1)), self.negative_slope)
         return h
+
+    def _forward_buffer(self, x: torch.Tensor) -> torch.Tensor:
+        # Same pixel-major buffer scheme as SubNetwork._forward_buffer (no growing concatenations).
+        n, c = len(self.blocks), x.shape[1]
+        b, _, hgt, wid = x.shape
+        buf = x.new_empty(b, hgt, wid, (n + 1) * c)
+        rows = buf.view(b * hgt * wid, (n + 1) * c)
+        chw = buf.permute(0, 3, 1, 2)
+        chw[:, :c] = x
+        h = x
+        for j, (block, fuse) in enumerate(zip(self.blocks, self.dense)):
+            chw[:, (j + 1) * c:(j + 2) * c] = block(h)
+            h = F.leaky_relu(SubNetwork._conv1x1_rows(fuse, rows[:, :(j + 2) * c], b, hgt, wid),
+                             self.negative_slope, inplace=True)
+        return h.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
+            memory_format=torch.channels_last) else h.contiguous()
 
 
 class ConvPair(nn.Module):

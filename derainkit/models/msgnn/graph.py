@@ -167,23 +167,20 @@ class GraphModule(nn.Module):
                 dist, idx = _self_first(dist, idx, cfg.dist_eps)
         return dist, idx
 
-    def embeddings(self, images: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """(query embedding of O, database embedding) per branch."""
-        out = {}
-        grad = self.cfg.train_embedding and torch.is_grad_enabled()
+    def _embed(self, name: str, images: dict[str, torch.Tensor], cache: dict[str, torch.Tensor]
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(query embedding of O, database embedding) for one branch, computed when needed so that
+        full-resolution embeddings of different branches are not all alive at once."""
+        grad = bool(self.cfg.train_embedding) and torch.is_grad_enabled()
         with torch.set_grad_enabled(grad):
-            if self.shared_embed is not None:
-                cache: dict[str, torch.Tensor] = {"scale1": self.shared_embed(images["scale1"])}
+            if self.shared_embed is not None:  # one CNN: embed O once, reuse it as query everywhere
+                if "scale1" not in cache:
+                    cache["scale1"] = self.shared_embed(images["scale1"])
                 q = cache["scale1"]
-                for name in self.branch_names:
-                    if name not in cache:
-                        cache[name] = self.shared_embed(images[name])
-                    out[name] = (q, cache[name])
-            else:
-                for name in self.branch_names:
-                    br = self.branches[name]
-                    out[name] = (br.embed_query(images["scale1"]), br.embed_db(images[name]))
-        return out
+                x = q if name == "scale1" else self.shared_embed(images[name])
+                return q, x
+            br = self.branches[name]
+            return br.embed_query(images["scale1"]), br.embed_db(images[name])
 
     # ------------------------------------------------------------------ forward
     def forward(self, rainy: torch.Tensor, half: torch.Tensor | None, quarter: torch.Tensor | None,
@@ -193,22 +190,24 @@ class GraphModule(nn.Module):
         for name in self.branch_names:
             if images[name] is None:
                 raise ValueError(f"MSGNN graph branch {name!r} needs its input image")
-        embeds = self.embeddings(images)
         l, s = cfg.patch_size, cfg.stride
         hw = rainy.shape[-2:]
+        cache: dict[str, torch.Tensor] = {}
         results = []
         for name in self.branch_names:
             br = self.branches[name]
-            q_emb, x_emb = embeds[name]
+            # values first: the value net is the largest temporary, so run it before the embeddings exist
+            vp = extract_patches(br.values(images[name]), l, s)[0] if br.values is not None else None
+            q_emb, x_emb = self._embed(name, images, cache)
             qp, q_grid = extract_patches(q_emb, l, s)
             xp, x_grid = extract_patches(x_emb, l, s) if x_emb is not q_emb else (qp, q_grid)
+            del q_emb, x_emb
             dist, idx = self._search(name, qp.detach(), q_grid, xp.detach(), x_grid)
-            if br.values is not None:
-                vp, v_grid = extract_patches(br.values(images[name]), l, s)
-            else:
-                vp, v_grid = xp, x_grid
-            assert v_grid == x_grid
+            if vp is None:
+                vp = xp
+            assert vp.shape[1] == xp.shape[1]
             G = self._aggregate(br, qp, xp, vp, idx, hw)
+            del qp, xp, vp
             results.append(BranchResult(G, idx, dist))
         return results
 

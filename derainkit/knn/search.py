@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -196,21 +197,87 @@ def _compute_dtype(query: Tensor, cand: Tensor) -> torch.dtype:
     return torch.float64 if torch.float64 in (query.dtype, cand.dtype) else torch.float32
 
 
-def _unit_roundoff(dtype: torch.dtype, device: torch.device) -> float:
+def _roundoff(dtype: torch.dtype) -> float:
+    return 2.0 ** -53 if dtype == torch.float64 else 2.0 ** -24
+
+
+def _gemm_roundoff(dtype: torch.dtype, device: torch.device) -> float:
+    """Unit roundoff of the shortlist GEMM under the current matmul precision settings."""
     if dtype == torch.float64:
         return 2.0 ** -53
-    if device.type == "cuda" and (torch.backends.cuda.matmul.allow_tf32
-                                  or torch.get_float32_matmul_precision() != "highest"):
-        return 2.0 ** -11  # TF32 / bf16x3 GEMMs round the inputs to 10-bit mantissas
-    return 2.0 ** -24
+    prec = torch.get_float32_matmul_precision()
+    if device.type == "cuda":
+        reduced = "medium" if prec == "medium" else (
+            "high" if prec == "high" or torch.backends.cuda.matmul.allow_tf32 else "highest")
+    else:
+        mk = getattr(getattr(torch.backends.mkldnn, "matmul", None), "fp32_precision", "none")
+        reduced = "medium" if prec == "medium" or mk == "bf16" else (
+            "high" if prec == "high" or mk == "tf32" else "highest")
+    if reduced == "highest":
+        return 2.0 ** -24
+    warnings.warn("reduced-precision float32 matmul is enabled (TF32/bf16): derainkit.knn stays exact but "
+                  "has to re-rank far more candidates, so it is slower", RuntimeWarning, stacklevel=3)
+    return 2.0 ** -8 if reduced == "medium" else 2.0 ** -11
 
 
-def _tol_factor(e: int, u: float) -> float:
-    # |g − (δ − ‖q‖²)| <= 4·γ_{e+2}·(‖q‖² + ‖x‖²) with γ_n = n·u/(1 − n·u): covers the GEMM dot product,
-    # the candidate norm, the direct re-rank Σ(q−x)² and the query norm. Worst case, so fallbacks are
-    # triggered only by genuine near-ties.
-    n = e + 2
-    return 4.0 * n * u / max(1e-3, 1.0 - n * u) * 1.01
+def _tol_coeffs(e: int, u_gemm: float, u: float) -> tuple[float, float]:
+    """(a, c) such that |g − (δ − ‖q‖²)| <= a·‖q‖² + c·max‖x‖² for every query/candidate pair.
+
+    With γ(v) = n·v/(1 − n·v), n = e + 3, the worst-case rounding errors are: the GEMM dot product and its
+    fused ‖x‖² term γ(u_gemm)·(‖q‖² + 2‖x‖²); the norms γ(u)·(‖q‖² + ‖x‖²); the direct re-rank
+    δ = Σ(q−x)², at most γ(u)·2(‖q‖² + ‖x‖²); one more γ(u)·‖q‖² for faiss' own ‖q‖². Being worst case,
+    a fallback is triggered only by genuine near-ties.
+    """
+    n = e + 3
+
+    def gamma(v: float) -> float:
+        return n * v / max(1e-3, 1.0 - n * v)
+
+    gg, g = gamma(u_gemm), gamma(u)
+    return 1.01 * (gg + 4 * g), 1.01 * (2 * gg + 3 * g)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# GEMM: oneDNN on CPU when it is there (about 2× MKL's fp32 speed on the AVX-512 EPYC we measured on),
+# torch.mm / baddbmm elsewhere. Only the shortlist depends on it; the results do not (exact re-rank).
+
+_ONEDNN_PROBED: bool | None = None
+
+
+def _probe_onednn() -> bool:
+    """Is `torch.ops.mkldnn._linear_pointwise` (the op torch.compile's CPU backend uses) there and fp32-exact?"""
+    if os.environ.get("DERAINKIT_KNN_ONEDNN", "1") == "0":
+        return False
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return False
+        g = torch.Generator().manual_seed(0)
+        a = torch.randn(37, 300, generator=g)
+        w = torch.randn(53, 300, generator=g)
+        bias = torch.randn(53, generator=g)
+        y = torch.ops.mkldnn._linear_pointwise(a, w, bias, "none", [], "")
+        if y.shape != (37, 53) or y.dtype != torch.float32:
+            return False
+        ref = a.double() @ w.double().t() + bias.double()
+        # an fp32 GEMM stays within γ_301 of Σ|a||w|; bf16/TF32 internals would not
+        bound = 1.01 * 301 * 2.0 ** -24 * (a.abs().double() @ w.abs().double().t() + bias.abs().double())
+        return bool(((y.double() - ref).abs() <= bound + 1e-30).all())
+    except Exception:  # missing op, changed signature, no oneDNN: use torch.mm
+        return False
+
+
+def _use_onednn(t: Tensor, u_gemm: float) -> bool:
+    global _ONEDNN_PROBED
+    if t.device.type != "cpu" or t.dtype != torch.float32 or u_gemm != 2.0 ** -24:
+        return False
+    if _ONEDNN_PROBED is None:
+        _ONEDNN_PROBED = _probe_onednn()
+    return _ONEDNN_PROBED
+
+
+def _linear(qc: Tensor, w: Tensor, bias: Tensor) -> Tensor:
+    """qc @ w.T + bias with oneDNN (fp32, CPU)."""
+    return torch.ops.mkldnn._linear_pointwise(qc, w, bias, "none", [], "")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -259,6 +326,30 @@ def _pairs_sqdist(qrows: Tensor, cand_flat: Tensor, rr: Tensor, ci: Tensor, budg
     return dd
 
 
+_GROUPS = 16  # column groups of the two-stage selection
+
+
+def _smallest(D: Tensor, kq: int) -> tuple[Tensor, Tensor]:
+    """The kq smallest values of each row of D (ascending) and their columns.
+
+    On CPU a two-stage selection beats `topk` on long rows (it copies every row into a heap buffer):
+    columns are split into `_GROUPS` interleaved groups per residue (column j belongs to group j mod W),
+    one vectorised `amin` pass gives each group's minimum, and only the kq groups with the smallest minima
+    are searched. Every column outside them is >= the kq-th of those minima, so the result is exact.
+    """
+    R, U = D.shape
+    W = U // _GROUPS
+    if D.device.type != "cpu" or W < 8 * kq:
+        return torch.topk(D, kq, dim=1, largest=False, sorted=True)
+    mins = D[:, : _GROUPS * W].view(R, _GROUPS, W).amin(1)  # R × W, contiguous reduction over groups
+    gi = torch.topk(mins, kq, dim=1, largest=False, sorted=False).indices
+    cols = (gi[:, :, None] + W * torch.arange(_GROUPS, device=D.device)).view(R, kq * _GROUPS)
+    if U > _GROUPS * W:  # leftover columns are always searched
+        cols = torch.cat([cols, torch.arange(_GROUPS * W, U, device=D.device).expand(R, -1)], 1)
+    v, p = torch.topk(D.gather(1, cols), kq, dim=1, largest=False, sorted=True)
+    return v, cols.gather(1, p)
+
+
 def _select(D: Tensor, k: int, qrows: Tensor, qn: Tensor, tol: Tensor, cand_flat: Tensor,
             lut: Tensor | None, nq: int, budget: int) -> tuple[Tensor, Tensor]:
     """Exact top-k of each row of a distance block.
@@ -272,7 +363,7 @@ def _select(D: Tensor, k: int, qrows: Tensor, qn: Tensor, tol: Tensor, cand_flat
     R, U = D.shape
     e = qrows.shape[1]
     kq = min(k + 1, U)
-    v, u = torch.topk(D, kq, dim=1, largest=False, sorted=True)
+    v, u = _smallest(D, kq)
     win = u[:, :k]
     if lut is not None:
         nb = lut.shape[0]
@@ -315,8 +406,8 @@ def _threshold_rerank(D, rs, thr, qrows, cand_flat, lut, nq, k, budget):
 # ----------------------------------------------------------------------------------------------------------
 # global search (torch)
 
-# Query rows per distance block on CPU: ~16 MB blocks stay in the last-level cache between the GEMM that
-# writes them and the topk that reads them (measured on a 2-core EPYC; bigger blocks were not faster).
+# Distance bytes per query block on CPU: 16 MB blocks stay in the last-level cache between the GEMM that
+# writes them and the selection that reads them (2-core EPYC: 256-row blocks at n = 16384 were fastest).
 _GLOBAL_BLOCK_BYTES_CPU = 16 << 20
 
 
@@ -327,19 +418,25 @@ def _global_torch(q: Tensor, x: Tensor, k: int, budget: int) -> tuple[Tensor, Te
     el = q.element_size()
     xn = (x * x).sum(-1)
     qn = (q * q).sum(-1)
-    tol = _tol_factor(e, _unit_roundoff(q.dtype, q.device)) * (qn + xn.max())
+    u_gemm = _gemm_roundoff(q.dtype, q.device)
+    a, c = _tol_coeffs(e, u_gemm, _roundoff(q.dtype))
+    tol = a * qn + c * xn.max()
     if n * el > budget:
         return _global_torch_chunked(q, x, xn, qn, tol, k, budget)
     block = budget if q.device.type == "cuda" else min(budget, _GLOBAL_BLOCK_BYTES_CPU)
     rows = max(1, min(m, block // (n * el)))
-    buf = torch.empty(rows, n, dtype=q.dtype, device=q.device)  # reused: no page faults per block
     out_d = torch.empty(m, k, dtype=q.dtype, device=q.device)
     out_i = torch.empty(m, k, dtype=torch.int64, device=q.device)
-    xt = x.t()
-    xn_row = xn.unsqueeze(0)
+    if _use_onednn(q, u_gemm):
+        w = (x * -2.0).contiguous()  # exact scaling: g = q·(−2x) + ‖x‖² in one fused oneDNN call
+        gemm = lambda qc: _linear(qc, w, xn)  # noqa: E731
+    else:
+        buf = torch.empty(rows, n, dtype=q.dtype, device=q.device)  # reused: no page faults per block
+        xt, xn_row = x.t(), xn.unsqueeze(0)
+        gemm = lambda qc: torch.addmm(xn_row, qc, xt, beta=1.0, alpha=-2.0, out=buf[: qc.shape[0]])  # noqa: E731
     for r0 in range(0, m, rows):
         r1 = min(m, r0 + rows)
-        D = torch.addmm(xn_row, q[r0:r1], xt, beta=1.0, alpha=-2.0, out=buf[: r1 - r0])
+        D = gemm(q[r0:r1])
         out_d[r0:r1], out_i[r0:r1] = _select(D, k, q[r0:r1], qn[r0:r1], tol[r0:r1], x, None, 1, budget)
     return out_d, out_i
 
@@ -481,8 +578,11 @@ def _windowed_torch(q: Tensor, x: Tensor, k: int, qg: tuple[int, int], cg: tuple
 
     q_flat, x_flat = q.reshape(b * m, e), x.reshape(b * n, e)
     qn, xn = (q_flat * q_flat).sum(-1), (x_flat * x_flat).sum(-1)
-    tolf = _tol_factor(e, _unit_roundoff(q.dtype, dev))
+    u_gemm = _gemm_roundoff(q.dtype, dev)
+    ta, tc = _tol_coeffs(e, u_gemm, _roundoff(q.dtype))
     xn_max = xn.max()
+    use_dnn = _use_onednn(q, u_gemm)
+    x_gemm = (x_flat * -2.0) if use_dnn else x_flat  # oneDNN gets the exactly scaled −2x as its weights
     step = budget if dev.type == "cuda" else min(budget, _WINDOW_STEP_BYTES_CPU)
     G = max(1, min(nbc, step // max(1, b * nq * U * el)))  # query blocks per batched GEMM
     out_d = torch.empty(b * m, k, dtype=q.dtype, device=dev)
@@ -498,13 +598,17 @@ def _windowed_torch(q: Tensor, x: Tensor, k: int, qg: tuple[int, int], cg: tuple
             qidx = (q_off[:, j0:j1] + r0 * m2).reshape(-1)  # (b·g·nq) rows of q_flat, block-major
             lut = (u_off[:, j0:j1] + ur0 * n2).reshape(b * g, U)  # rows of x_flat behind each column
             Qg = q_flat.index_select(0, qidx).view(b * g, nq, e)
-            Xg = x_flat.index_select(0, lut.view(-1)).view(b * g, U, e)
-            D = torch.baddbmm(xn[lut].view(b * g, 1, U), Qg, Xg.transpose(1, 2), beta=1.0, alpha=-2.0)
+            Xg = x_gemm.index_select(0, lut.view(-1)).view(b * g, U, e)
+            XNg = xn[lut]  # (b·g) × U
+            if use_dnn:  # one oneDNN call per block (different candidates each); ~2× MKL's bmm here
+                D = torch.stack([_linear(Qg[t], Xg[t], XNg[t]) for t in range(b * g)])
+            else:
+                D = torch.baddbmm(XNg.view(b * g, 1, U), Qg, Xg.transpose(1, 2), beta=1.0, alpha=-2.0)
             D6 = D.view(b, g, br, bc, uh, uw)
             D6.add_(rowpen.view(1, 1, br, 1, uh, 1))
             D6.add_(colpen[j0:j1].view(1, g, 1, bc, 1, uw))
             QN = qn[qidx]
-            d, i = _select(D.view(b * g * nq, U), k, Qg.view(-1, e), QN, tolf * (QN + xn_max), x_flat, lut, nq,
+            d, i = _select(D.view(b * g * nq, U), k, Qg.view(-1, e), QN, ta * QN + tc * xn_max, x_flat, lut, nq,
                            budget)
             out_d.index_copy_(0, qidx, d)
             out_i.index_copy_(0, qidx, i)
@@ -546,8 +650,8 @@ def _global_faiss(q: Tensor, x: Tensor, k: int, budget: int) -> tuple[Tensor, Te
     d, i = _lexsort_rows(_direct_sqdist(q[:, None, :], x[gidx[:, :k]]), gidx[:, :k])
     if kq == k:
         return d, i
-    u = max(_unit_roundoff(q.dtype, q.device), 2.0 ** -24)  # faiss always works in fp32
-    tol = _tol_factor(e, u) * (qn + xn.max())
+    ta, tc = _tol_coeffs(e, 2.0 ** -24, _roundoff(q.dtype))  # faiss always works in fp32
+    tol = ta * qn + tc * xn.max()
     need = gval[:, k] - tol <= d[:, k - 1]
     if bool(need.any()):
         rows = need.nonzero().squeeze(1)

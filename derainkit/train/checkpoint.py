@@ -1,0 +1,295 @@
+"""Training checkpoints (atomic, resumable, loadable with ``weights_only=True``) and weight export.
+
+A checkpoint is a dict of tensors and plain Python values only: model and optimizer state, scheduler
+state, the iteration, every RNG state (torch, numpy, python, CUDA) stored as tensors/lists, the run
+config and its hash. Writing goes to a temporary file in the same folder, is fsynced, then renamed over
+the target with ``os.replace``: a crash mid-write leaves the previous checkpoint untouched and no
+temporary file behind.
+
+Final weights are exported to ``.safetensors`` (weights only, no pickle) with a JSON metadata dict.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from derainkit.errors import CheckpointError
+
+FORMAT = "derainkit-train-checkpoint"
+VERSION = 1
+LATEST = "latest.pt"
+METADATA_KEY = "derainkit"  # safetensors metadata entry holding our JSON
+
+
+# ---------------------------------------------------------------------------------------------------
+# atomic file writes
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return  # not supported (e.g. Windows): the rename itself is still atomic
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _atomic_link_or_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` hold ``src``'s bytes, atomically: a hard link when possible (no second write)."""
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            import shutil
+
+            shutil.copyfile(src, tmp)
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(dst.parent)
+
+
+# ---------------------------------------------------------------------------------------------------
+# RNG states as weights_only-loadable values
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the training process uses, as tensors/lists/ints (no pickled objects)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": {"version": int(py_version), "state": [int(x) for x in py_state], "gauss": py_gauss},
+        "cuda": [],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [s.cpu() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restore what ``rng_state`` returned."""
+    torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.to(torch.uint8) for s in cuda[:torch.cuda.device_count()]])
+
+
+def scheduler_state(scheduler: Any) -> dict[str, Any]:
+    """A scheduler's state_dict with the MultiStepLR milestone Counter as a plain dict (older torch
+    versions refuse Counter under weights_only)."""
+    state = dict(scheduler.state_dict())
+    if isinstance(state.get("milestones"), collections.Counter):
+        state["milestones"] = {int(k): int(v) for k, v in state["milestones"].items()}
+    return state
+
+
+def load_scheduler_state(scheduler: Any, state: Mapping[str, Any]) -> None:
+    state = dict(state)
+    if isinstance(state.get("milestones"), dict):
+        state["milestones"] = collections.Counter(state["milestones"])
+    scheduler.load_state_dict(state)
+
+
+# ---------------------------------------------------------------------------------------------------
+# checkpoints
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare module inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def save_checkpoint(folder: str | Path, state: Mapping[str, Any], iteration: int, keep_iteration: bool = False) -> Path:
+    """Write ``<folder>/latest.pt`` atomically (and ``iter_<n>.pt`` beside it when ``keep_iteration``).
+
+    ``state`` is what ``make_checkpoint`` built. Returns the path of ``latest.pt``.
+    """
+    folder = Path(folder)
+    latest = atomic_torch_save(dict(state), folder / LATEST)
+    if keep_iteration:
+        _atomic_link_or_copy(latest, folder / f"iter_{int(iteration)}.pt")
+    return latest
+
+
+def make_checkpoint(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, iteration: int,
+                    total_iterations: int, model_name: str, config: Mapping[str, Any], config_hash: str,
+                    extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The checkpoint dict: weights_only-loadable values only."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_name": model_name,
+        "config": json.loads(json.dumps(dict(config))),
+        "config_hash": config_hash,
+        "iteration": int(iteration),
+        "total_iterations": int(total_iterations),
+        "model": {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler_state(scheduler),
+        "rng": rng_state(),
+        "extra": dict(extra or {}),
+    }
+
+
+def load_checkpoint(path: str | Path, model_name: str | None = None, config_hash: str | None = None,
+                    allow_config_change: bool = False, config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Read a training checkpoint (``weights_only=True``), checking it is one of ours for this run.
+
+    ``path`` may be a checkpoint file, a ``checkpoints/`` folder or a run folder (its latest.pt is used).
+    CheckpointError names the file when it is missing, unreadable, not a training checkpoint, from
+    another model, or (unless ``allow_config_change``) from a run with another config hash; ``config``
+    (the current run config as a dict) only serves to name the keys that differ.
+    """
+    path = resolve_checkpoint(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged or foreign file
+        raise CheckpointError(f"{path}: cannot be read as a training checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, Mapping) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a derainkit training checkpoint (for weights, use the model's "
+                              "loader or load_exported)")
+    if state.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {state.get('version')}, this kit reads {VERSION}")
+    if model_name is not None and state["model_name"] != model_name:
+        raise CheckpointError(f"{path}: checkpoint of model {state['model_name']!r}, but this run trains "
+                              f"{model_name!r}")
+    if config_hash is not None and state["config_hash"] != config_hash and not allow_config_change:
+        changed = ""
+        if config is not None:
+            theirs = state.get("config") or {}
+            changed = ", ".join(sorted(k for k in set(theirs) | set(config) if theirs.get(k) != config.get(k)))
+        raise CheckpointError(
+            f"{path}: checkpoint of run config {state['config_hash']}, but the config given hashes to "
+            f"{config_hash}{f' (differs in: {changed})' if changed else ''}; resume with the run's own "
+            "config.yaml, or allow the change explicitly (--allow-config-change)")
+    return state
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file from a file, a checkpoints/ folder, or a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (path / "checkpoints" / LATEST, path / LATEST):
+            if candidate.is_file():
+                return candidate
+        raise CheckpointError(f"{path}: no checkpoint found (looked for checkpoints/{LATEST} and {LATEST})")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# exported weights
+
+def export_safetensors(model: nn.Module, path: str | Path, metadata: Mapping[str, Any]) -> Path:
+    """Write the model's weights (only) to ``path`` with ``metadata`` as JSON, atomically.
+
+    Metadata should carry the model name and config (``model``, ``model_config``), so that
+    ``load_exported`` can rebuild the network; the run config hash, commit, iterations and metrics are
+    recorded alongside.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Own contiguous copies: safetensors refuses tensors that share storage.
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in unwrap_model(model).state_dict().items()}
+    text = json.dumps(dict(metadata), sort_keys=True, default=str)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata={METADATA_KEY: text, "format": "pt"})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates 0600 files; make it like any other output
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def read_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
+    """(state_dict, metadata) of a ``.safetensors`` file written by ``export_safetensors``."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = fh.metadata() or {}
+        state = load_file(str(path), device=str(device))
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise CheckpointError(f"{path}: cannot be read as safetensors ({type(exc).__name__}: {exc})") from None
+    try:
+        meta = json.loads(raw.get(METADATA_KEY, "{}"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: metadata is not valid JSON ({exc})") from None
+    return state, meta
+
+
+def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the trained model from an exported ``.safetensors`` (via the registry) in eval mode."""
+    from derainkit.models import get_model_spec
+
+    state, meta = read_exported(path)
+    if "model" not in meta:
+        raise CheckpointError(f"{path}: no model name in its metadata; load it with the model's own loader")
+    spec = get_model_spec(meta["model"])
+    model = spec.build(spec.config_from_dict(meta.get("model_config") or {}))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: does not fit model {meta['model']!r} with config {meta.get('model_config')}: "
+                              f"{str(exc).splitlines()[0]}") from None
+    return model.to(device).eval(), meta

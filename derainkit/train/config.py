@@ -1,0 +1,369 @@
+"""`RunConfig`: everything that defines a training run, strict to read and hashable to name the run.
+
+The defaults are the MSGNN paper's recipe as its official code runs it (reference note §3):
+−SSIM loss, Adam at 5e-4 with default betas and no weight decay, ÷10 at 60 % and 80 % of the
+schedule (stepped per iteration), 64×64 crops, batch 8, 500 epochs, seed 66.
+
+    cfg = RunConfig.from_file("runs/msgnn.yaml").with_overrides(["iterations=1000", "model_config.k=7"])
+    cfg.config_hash()   # '3f1c9a0b2e7d': names the run folder <out_dir>/<hash>/
+
+Length of the run: set ``iterations`` or ``epochs`` (an epoch is one pass over the training pairs;
+the iteration count is ceil(epochs · pairs / batch), worked out when the data is loaded and recorded in
+the run). Setting one in ``from_dict``/``with_overrides`` clears the other unless both are given, which
+is an error. With neither, the paper's 500 epochs apply.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from derainkit.errors import ConfigError
+
+OPTIMIZERS = ("adam", "adamw")
+EXEMPLAR_POLICIES = ("official", "random", "self", "none", "retrieval")
+PRECISIONS = ("fp32", "bf16")
+_LAYOUTS = ("auto", "rain100", "prenet", "mprnet", "side_by_side", "rain1400")
+DEFAULT_EPOCHS = 500.0
+
+# Fields that cannot change what a run computes, left out of the hash so that moving the output folder,
+# changing the loader's worker count or how often checkpoints are written still names the same run.
+_NOT_IN_HASH = ("out_dir", "num_workers", "checkpoint_every")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run. Every field can be set from YAML/JSON or ``--set key=value``."""
+
+    model: str = "msgnn"  # name in derainkit.models.MODELS
+    model_config: dict = field(default_factory=dict)  # passed to the model's strict config_from_dict
+    init_weights: str | None = None  # start from these weights (fine-tuning) instead of random init
+    train_data: str = "embedded:train"  # folder in any supported layout, or "embedded:train"
+    val_data: str | None = "embedded:test"  # folder, "embedded:test", or None for no validation
+    layout: str = "auto"  # layout of train_data
+    val_layout: str = "auto"  # layout of val_data
+    clean_side: str = "left"  # side_by_side files: which half is clean (MSGNN/DCSFN: left)
+    crop: int = 64
+    batch: int = 8
+    iterations: int | None = None
+    epochs: float | None = None  # None with iterations None: DEFAULT_EPOCHS
+    optimizer: str = "adam"
+    lr: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float | None = None  # max global gradient norm; None = no clipping (official)
+    lr_milestones: tuple[float, ...] = (0.6, 0.8)  # fractions of the run at which lr *= lr_gamma
+    lr_gamma: float = 0.1
+    loss: str = "ssim"
+    seed: int = 66
+    exemplar: str = "official"  # official | random | self | none | retrieval (see train.dataset)
+    val_every: int = 0  # validate every N iterations (0: only at the end)
+    val_protocols: tuple[str, ...] = ("msgnn-rgb", "matlab-y")
+    val_limit: int = 0  # first N validation pairs (0: all)
+    log_every: int = 100  # training-loss rows in log.csv every N iterations (0: only with validation)
+    checkpoint_every: int = 1000  # checkpoints/iter_<n>.pt + latest.pt every N iterations (0: only at the end)
+    device: str = "auto"  # auto | cpu | cuda | cuda:1 ...
+    precision: str = "fp32"  # fp32 | bf16 (autocast on CUDA only; elsewhere fp32 is used and recorded)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model (CUDA; off by default)
+    deterministic: bool = False  # torch.use_deterministic_algorithms (bit-exact resume on CUDA)
+    num_workers: int = 0  # data-loader processes; samples do not depend on it
+    out_dir: str | None = None  # runs are written to <out_dir>/<config_hash>/; None: runs/<model>
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> "RunConfig":
+        """Strict constructor: unknown keys raise ConfigError listing the valid keys; values are checked."""
+        if data is None:
+            return cls()
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"run config must be a mapping of keys to values, got {type(data).__name__}")
+        valid = cls.field_names()
+        unknown = sorted(str(k) for k in data if k not in valid)
+        if unknown:
+            raise ConfigError(f"unknown run config key(s) {unknown}; valid keys: {valid}")
+        return cls(**dict(data))
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "RunConfig":
+        """Read a YAML or JSON run config (a mapping of RunConfig keys)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: run config file not found")
+        try:
+            data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid YAML/JSON ({exc})") from None
+        if data is None:
+            data = {}
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{path}: expected a mapping of run config keys, got {type(data).__name__}")
+        try:
+            return cls.from_dict(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    def __post_init__(self) -> None:
+        # Direct construction gets the same coercion and checks as from_dict (frozen: set via object).
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name)))
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Raise ConfigError naming the key and what is allowed for any invalid value."""
+        from derainkit.losses import LOSSES
+        from derainkit.metrics.protocols import PROTOCOLS
+
+        def choice(name: str, allowed: Iterable[str]) -> None:
+            allowed = tuple(allowed)
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid; expected one of {list(allowed)}")
+
+        def positive(name: str, lo: float = 0.0, strict: bool = True) -> None:
+            v = getattr(self, name)
+            if not (v > lo if strict else v >= lo):
+                raise ConfigError(f"{name}={v!r} must be {'>' if strict else '>='} {lo}")
+
+        if self.iterations is not None and self.epochs is not None:
+            raise ConfigError(f"set either iterations ({self.iterations}) or epochs ({self.epochs}), not both")
+        if not self.model:
+            raise ConfigError("model must name a registered model (see `derainkit models`)")
+        choice("layout", _LAYOUTS)
+        choice("val_layout", _LAYOUTS)
+        choice("clean_side", ("left", "right"))
+        choice("optimizer", OPTIMIZERS)
+        choice("loss", LOSSES)
+        choice("exemplar", EXEMPLAR_POLICIES)
+        choice("precision", PRECISIONS)
+        for name in ("crop", "batch", "lr", "eps", "lr_gamma"):
+            positive(name)
+        for name in ("weight_decay", "seed", "val_every", "val_limit", "log_every", "checkpoint_every",
+                     "num_workers"):
+            positive(name, strict=False)
+        if self.iterations is not None:
+            positive("iterations")
+        if self.epochs is not None:
+            positive("epochs")
+        if self.grad_clip is not None:
+            positive("grad_clip")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"betas={list(self.betas)} must be two numbers in [0, 1)")
+        ms = self.lr_milestones
+        if not all(0.0 < m < 1.0 for m in ms) or list(ms) != sorted(set(ms)):
+            raise ConfigError(f"lr_milestones={list(ms)} must be increasing fractions of the run in (0, 1), "
+                              "e.g. [0.6, 0.8]")
+        if not self.val_protocols and self.val_data is not None:
+            raise ConfigError(f"val_protocols is empty; choose from {list(PROTOCOLS)} or set val_data: null")
+        for p in self.val_protocols:
+            if p not in PROTOCOLS:
+                raise ConfigError(f"val_protocols: unknown protocol {p!r}; choose from {list(PROTOCOLS)}")
+        from derainkit.models import MODELS
+
+        if self.model in MODELS:  # unregistered names are reported when the run starts
+            try:
+                MODELS[self.model].config_from_dict(dict(self.model_config))
+            except ConfigError as exc:
+                raise ConfigError(f"model_config (model {self.model!r}): {exc}") from None
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")
+                                          or self.device == "mps"):
+            raise ConfigError(f"device={self.device!r} is invalid; expected auto, cpu, cuda or cuda:N")
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def run_epochs(self) -> float:
+        """The epochs to run when ``iterations`` is not set (``DEFAULT_EPOCHS`` when neither is)."""
+        return self.epochs if self.epochs is not None else DEFAULT_EPOCHS
+
+    def total_iterations(self, n_pairs: int) -> int:
+        """Iterations of the run: ``iterations``, or ceil(epochs · n_pairs / batch)."""
+        if self.iterations is not None:
+            return int(self.iterations)
+        if n_pairs < 1:
+            raise ConfigError("cannot convert epochs to iterations without training pairs")
+        return max(1, math.ceil(self.run_epochs * n_pairs / self.batch))
+
+    def milestones(self, iterations: int) -> list[int]:
+        """LR milestones in iterations: round(f · iterations), deduplicated, within [1, iterations)."""
+        out = sorted({int(round(f * iterations)) for f in self.lr_milestones})
+        return [m for m in out if 0 < m < iterations]
+
+    def resolved_out_dir(self) -> Path:
+        return Path(self.out_dir) if self.out_dir else Path("runs") / self.model
+
+    def run_dir(self) -> Path:
+        """The run folder: <out_dir>/<config_hash>/."""
+        return self.resolved_out_dir() / self.config_hash()
+
+    # ------------------------------------------------------------------ (de)serialisation and identity
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML/JSON-friendly dict (tuples as lists); ``from_dict(to_dict())`` round-trips."""
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = list(v) if isinstance(v, tuple) else (json.loads(json.dumps(v)) if isinstance(v, dict) else v)
+        return out
+
+    def identity(self) -> dict[str, Any]:
+        """What the hash covers: every field except those that cannot change results, with the model
+        config put through the model's own config class (so ``{}`` and the explicit defaults agree)."""
+        d = self.to_dict()
+        for name in _NOT_IN_HASH:
+            d.pop(name)
+        d["model_config"] = canonical_model_config(self.model, self.model_config)
+        return d
+
+    def config_hash(self) -> str:
+        """First 12 hex digits of the sha256 of the canonical JSON of ``identity()``."""
+        text = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def with_overrides(self, overrides: Iterable[str]) -> "RunConfig":
+        """A copy with ``key=value`` overrides applied; values are parsed as YAML (``lr=1e-4``,
+        ``lr_milestones=[0.5, 0.75]``, ``val_data=null``); ``model_config.k=7`` sets a nested key."""
+        data = self.to_dict()
+        set_keys: set[str] = set()
+        for item in overrides:
+            key, sep, text = str(item).partition("=")
+            key = key.strip()
+            if not sep or not key:
+                raise ConfigError(f"override {item!r} must look like key=value (e.g. lr=1e-4, model_config.k=7)")
+            try:
+                value = yaml.safe_load(text) if text.strip() else None
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from None
+            top, _, rest = key.partition(".")
+            if top not in data:
+                raise ConfigError(f"override {item!r}: unknown run config key {top!r}; valid keys: "
+                                  f"{self.field_names()}")
+            if rest:
+                if not isinstance(data[top], dict):
+                    raise ConfigError(f"override {item!r}: {top} is not a mapping, so it has no key {rest!r}")
+                node = data[top]
+                *parents, leaf = rest.split(".")
+                for p in parents:
+                    node = node.setdefault(p, {})
+                    if not isinstance(node, dict):
+                        raise ConfigError(f"override {item!r}: {p} is not a mapping")
+                node[leaf] = value
+            else:
+                data[top] = value
+            set_keys.add(top)
+        # The run length is one of two keys: setting one clears the other.
+        if "iterations" in set_keys and "epochs" not in set_keys:
+            data["epochs"] = None
+        elif "epochs" in set_keys and "iterations" not in set_keys:
+            data["iterations"] = None
+        return RunConfig.from_dict(data)
+
+
+def canonical_model_config(model: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` with the model's defaults filled in, when the model is registered and its config class
+    has ``to_dict``; otherwise ``config`` as given."""
+    from derainkit.models import MODELS
+
+    spec = MODELS.get(model)
+    if spec is None:
+        return json.loads(json.dumps(dict(config)))
+    obj = spec.config_from_dict(dict(config))  # ConfigError for keys the model does not have
+    to_dict = getattr(obj, "to_dict", None)
+    if to_dict is None:
+        return json.loads(json.dumps(dict(config)))
+    return json.loads(json.dumps(to_dict()))
+
+
+# ---------------------------------------------------------------------------------------------------
+# value coercion, per field: YAML gives "5e-4" as a string and lists for tuples
+
+_INT = ("crop", "batch", "seed", "val_every", "val_limit", "log_every", "checkpoint_every", "num_workers")
+_OPT_INT = ("iterations",)
+_FLOAT = ("lr", "eps", "weight_decay", "lr_gamma")
+_OPT_FLOAT = ("epochs", "grad_clip")
+_BOOL = ("channels_last", "compile", "deterministic")
+_STR = ("model", "train_data", "layout", "val_layout", "clean_side", "optimizer", "loss", "exemplar", "device",
+        "precision")
+_OPT_STR = ("val_data", "out_dir", "init_weights")
+
+
+def _as_float(name: str, v: Any) -> float:
+    if isinstance(v, bool):
+        raise ConfigError(f"{name}={v!r} must be a number")
+    if isinstance(v, (int, float)):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)  # YAML 1.1 reads 5e-4 (no dot) as a string
+        except ValueError:
+            pass
+    raise ConfigError(f"{name}={v!r} must be a number")
+
+
+def _as_int(name: str, v: Any) -> int:
+    if isinstance(v, bool):
+        raise ConfigError(f"{name}={v!r} must be an integer")
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, str):
+        try:
+            f = float(v)
+        except ValueError:
+            f = math.nan
+        if math.isfinite(f) and f.is_integer():
+            return int(f)
+    raise ConfigError(f"{name}={v!r} must be an integer")
+
+
+def _coerce(name: str, v: Any) -> Any:
+    if name in _OPT_INT or name in _OPT_FLOAT or name in _OPT_STR:
+        if v is None:
+            return None
+    if name in _INT or name in _OPT_INT:
+        return _as_int(name, v)
+    if name in _FLOAT or name in _OPT_FLOAT:
+        return _as_float(name, v)
+    if name in _BOOL:
+        if not isinstance(v, bool):
+            raise ConfigError(f"{name}={v!r} must be true or false")
+        return v
+    if name in _STR or name in _OPT_STR:
+        if isinstance(v, Path):
+            return str(v)
+        if not isinstance(v, str):
+            raise ConfigError(f"{name}={v!r} must be a string")
+        return v
+    if name == "model_config":
+        if v is None:
+            return {}
+        if not isinstance(v, Mapping):
+            raise ConfigError(f"model_config must be a mapping of the model's config keys, got {v!r}")
+        return json.loads(json.dumps(dict(v)))  # plain JSON types only (hashable, YAML-writable)
+    if name == "betas":
+        if not isinstance(v, (list, tuple)):
+            raise ConfigError(f"betas={v!r} must be a list of two numbers")
+        return tuple(_as_float("betas", b) for b in v)
+    if name == "lr_milestones":
+        if v is None:
+            return ()
+        if not isinstance(v, (list, tuple)):
+            v = [v]
+        return tuple(_as_float("lr_milestones", m) for m in v)
+    if name == "val_protocols":
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, (list, tuple)) or not all(isinstance(p, str) for p in v):
+            raise ConfigError(f"val_protocols={v!r} must be a list of protocol names")
+        return tuple(dict.fromkeys(v))
+    raise ConfigError(f"unknown run config key {name!r}")  # pragma: no cover - guarded by from_dict

@@ -1,0 +1,336 @@
+"""Training samples as a pure function of (seed, iteration, slot in the batch).
+
+Nothing here keeps random state between calls: sample ``slot`` of iteration ``it`` is worked out from
+numpy Generators seeded by ``SeedSequence([seed, tag, ...])``. So a resumed run needs no data-loader
+RNG state, any number of loader workers gives the same batches, and under DistributedDataParallel each
+rank computes just its own slots of one global batch (identical for any world size).
+
+Which pair: epoch-style. Global sample g = iteration·batch + slot belongs to epoch e = g // n at position
+g % n of epoch e's permutation of the n pairs, seeded by (seed, e): every pair is used once per epoch.
+Where: a uniform random ``crop``×``crop`` position, the same in the rainy and clean image, drawn from the
+sample's own Generator (seeded by (seed, iteration, slot)).
+
+Exemplar (MSGNN's external branch gets a crop of the *rainy* image of another training pair; its clean
+half is never used). Policies:
+
+``official``   the official code's pairing (reference note §3.3): the input at position i of
+               ``os.listdir`` order takes as exemplar the file at position i of the *sorted* listing.
+               On a filesystem whose listdir is already sorted every image is its own exemplar; on
+               others the pairing is an arbitrary fixed permutation. It is filesystem dependent, so the
+               table used is recorded (``exemplar_report``) in the run folder.
+``random``     what the paper says: a random other training image, drawn per sample (the image itself
+               only when the set has one image).
+``self``       the input image itself (an independent crop).
+``none``       no exemplar (the model's exemplar branch must be off).
+``retrieval``  the most similar *other* rainy training image by a cheap global descriptor (colour
+               histogram + 16×16 thumbnail, cosine similarity), precomputed once: the paper's stated
+               future work of choosing exemplars instead of drawing them.
+
+The exemplar crop is an independent uniform crop of the chosen rainy image, of the same size.
+Images are loaded once and kept in memory (RainTrainL: 200 images, about 370 MB as float32).
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+import cv2
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from derainkit.data import Pair, discover_pairs, load_pair
+from derainkit.errors import ConfigError, DatasetError
+from derainkit.train.config import EXEMPLAR_POLICIES
+
+# Stream tags keep the permutation and per-sample Generators independent of each other.
+_TAG_PERMUTATION = 1
+_TAG_SAMPLE = 2
+THUMB = 16  # retrieval thumbnail side
+HIST_BINS = 8  # retrieval histogram bins per channel
+
+
+def resolve_data_path(spec: str | os.PathLike) -> Path:
+    """A data folder, or ``embedded:train`` / ``embedded:test`` (``embedded`` alone: test) for the built-in set."""
+    text = str(spec)
+    if text == "embedded" or text.startswith("embedded:"):
+        from derainkit.data import embedded_root
+
+        split = text.partition(":")[2] or "test"
+        if split not in ("train", "test"):
+            raise DatasetError(f"{text}: the embedded set has splits 'train' and 'test'")
+        return embedded_root(split)
+    return Path(text).expanduser()
+
+
+@dataclass
+class TrainingSet:
+    """Paired training images held in memory (H×W×3 float32 RGB in [0, 1])."""
+
+    pairs: list[Pair]
+    rainy: list[np.ndarray]
+    clean: list[np.ndarray]
+    root: Path
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    @property
+    def ids(self) -> list[str]:
+        return [p.id for p in self.pairs]
+
+    @classmethod
+    def load(cls, root: str | os.PathLike, layout: str = "auto", clean_side: str = "left",
+             progress: bool = True) -> "TrainingSet":
+        """Discover and read every pair under ``root`` (or ``embedded:train``); DatasetError when there are
+        none or one has no clean image."""
+        path = resolve_data_path(root)
+        pairs = discover_pairs(path, layout=layout, clean_side=clean_side)
+        if not pairs:
+            raise DatasetError(f"{path}: no training pairs found")
+        unpaired = [p.id for p in pairs if p.clean is None]
+        if unpaired:
+            raise DatasetError(f"{path}: training needs clean images; {len(unpaired)} image(s) have none "
+                               f"(layout {pairs[0].layout!r}), e.g. {unpaired[:5]}")
+        rainy, clean = [], []
+        for pair in tqdm(pairs, desc="load training pairs", unit="img", disable=not progress, leave=False):
+            r, c = load_pair(pair)
+            rainy.append(r)
+            clean.append(c)
+        return cls(pairs=pairs, rainy=rainy, clean=clean, root=path)
+
+    @classmethod
+    def from_arrays(cls, rainy: Sequence[np.ndarray], clean: Sequence[np.ndarray],
+                    ids: Sequence[str] | None = None, root: str | os.PathLike = ".") -> "TrainingSet":
+        """A set from arrays already in memory (tests, notebooks); ids default to 0000, 0001, ..."""
+        if len(rainy) != len(clean):
+            raise DatasetError(f"{len(rainy)} rainy but {len(clean)} clean images")
+        root = Path(root)
+        ids = list(ids) if ids is not None else [f"{i:04d}" for i in range(len(rainy))]
+        pairs = [Pair(id=i, rainy=root / f"{i}.png", clean=root / f"{i}.png", layout="memory", root=root)
+                 for i in ids]
+        return cls(pairs=pairs, rainy=[np.asarray(r, np.float32) for r in rainy],
+                   clean=[np.asarray(c, np.float32) for c in clean], root=root)
+
+
+# ---------------------------------------------------------------------------------------------------
+# exemplar tables
+
+def official_exemplar_table(pairs: Sequence[Pair], listdir: Callable[[str], list[str]] | None = None) -> list[int]:
+    """The official code's pairing: pair i's exemplar is the pair whose rainy file sits, in sorted-by-name
+    order, at the position pair i's rainy file has in ``os.listdir`` order.
+
+    Filesystem dependent by construction. Rainy files spread over several folders are listed folder by
+    folder (folders in sorted order); names are compared as plain strings, as Python's ``sorted`` does.
+    """
+    listdir = listdir or os.listdir
+    by_file = {str(p.rainy): i for i, p in enumerate(pairs)}
+    if len(by_file) != len(pairs):
+        raise DatasetError("official exemplar rule: two pairs share a rainy file; it needs one file per pair")
+    folders = sorted({str(p.rainy.parent) for p in pairs})
+    listed: list[str] = []
+    for folder in folders:
+        for name in listdir(folder):
+            full = str(Path(folder) / name)
+            if full in by_file:
+                listed.append(full)
+    if len(listed) != len(pairs):
+        raise DatasetError(f"official exemplar rule: listing {folders} found {len(listed)} of the {len(pairs)} "
+                           "training files")
+    in_sorted = sorted(listed, key=lambda f: (str(Path(f).parent), Path(f).name))
+    table = [0] * len(pairs)
+    for position, file in enumerate(listed):
+        table[by_file[file]] = by_file[in_sorted[position]]
+    return table
+
+
+def global_descriptor(rainy: np.ndarray) -> np.ndarray:
+    """Unit-length descriptor of an image: [colour histogram, 16×16 thumbnail] (each L2-normalised).
+
+    The histogram (``HIST_BINS`` per channel, normalised to sum 1) says which colours; the mean-removed
+    thumbnail (area average) says where. Cosine similarity of two descriptors is the mean of the two
+    blocks' cosine similarities.
+    """
+    img = np.clip(np.asarray(rainy, np.float32), 0.0, 1.0)
+    hist = np.concatenate([np.histogram(img[..., c], bins=HIST_BINS, range=(0.0, 1.0))[0] for c in range(3)])
+    hist = hist.astype(np.float64) / max(1, img.shape[0] * img.shape[1])
+    thumb = cv2.resize(img, (THUMB, THUMB), interpolation=cv2.INTER_AREA).astype(np.float64).ravel()
+    thumb = thumb - thumb.mean()
+    blocks = []
+    for block in (hist, thumb):
+        norm = np.linalg.norm(block)
+        blocks.append(block / norm if norm > 0 else block)
+    return np.concatenate(blocks) / np.sqrt(2.0)
+
+
+def retrieval_exemplar_table(rainy_images: Sequence[np.ndarray]) -> list[int]:
+    """For each image, the index of the most similar *other* image by ``global_descriptor`` (cosine);
+    ties go to the lower index; a one-image set maps to itself."""
+    n = len(rainy_images)
+    if n == 1:
+        return [0]
+    desc = np.stack([global_descriptor(r) for r in rainy_images])
+    sim = desc @ desc.T
+    np.fill_diagonal(sim, -np.inf)
+    return [int(j) for j in np.argmax(sim, axis=1)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# the sampler
+
+@dataclass(frozen=True)
+class Sample:
+    index: int  # training pair
+    top: int
+    left: int
+    rainy: np.ndarray  # crop×crop×3
+    clean: np.ndarray
+    exemplar_index: Optional[int] = None
+    exemplar_top: Optional[int] = None
+    exemplar_left: Optional[int] = None
+    exemplar: Optional[np.ndarray] = None  # crop of the exemplar pair's rainy image
+
+
+class PairSampler:
+    """Crops (and exemplar crops) of a `TrainingSet` as a pure function of (seed, iteration, slot)."""
+
+    def __init__(self, data: TrainingSet, crop: int, batch: int, seed: int, exemplar: str = "none",
+                 listdir: Callable[[str], list[str]] | None = None) -> None:
+        if exemplar not in EXEMPLAR_POLICIES:
+            raise ConfigError(f"exemplar={exemplar!r} is invalid; expected one of {list(EXEMPLAR_POLICIES)}")
+        if len(data) == 0:
+            raise DatasetError(f"{data.root}: no training pairs")
+        self.data, self.crop, self.batch_size, self.seed, self.policy = data, int(crop), int(batch), int(seed), exemplar
+        self._check_sizes()
+        self.table: Optional[list[int]] = None
+        if exemplar == "official":
+            self.table = official_exemplar_table(data.pairs, listdir)
+        elif exemplar == "retrieval":
+            self.table = retrieval_exemplar_table(data.rainy)
+        elif exemplar == "self":
+            self.table = list(range(len(data)))
+
+    def _check_sizes(self) -> None:
+        small = [(p, r.shape) for p, r in zip(self.data.pairs, self.data.rainy)
+                 if r.shape[0] < self.crop or r.shape[1] < self.crop]
+        if small:
+            listed = ", ".join(f"{p.rainy} ({s[0]}×{s[1]})" for p, s in small[:5])
+            more = f" and {len(small) - 5} more" if len(small) > 5 else ""
+            raise DatasetError(f"crop {self.crop}×{self.crop} is larger than {len(small)} training image(s) "
+                               f"(H×W): {listed}{more}; lower crop or remove those images")
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    @functools.lru_cache(maxsize=4)
+    def permutation(self, epoch: int) -> np.ndarray:
+        """Order of the pairs in ``epoch`` (a seeded permutation: each pair once per epoch)."""
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, _TAG_PERMUTATION, int(epoch)]))
+        return rng.permutation(len(self.data))
+
+    def pair_index(self, iteration: int, slot: int) -> int:
+        g = int(iteration) * self.batch_size + int(slot)
+        epoch, position = divmod(g, len(self.data))
+        return int(self.permutation(epoch)[position])
+
+    def epoch_of(self, iteration: int) -> float:
+        """Epochs completed at the start of ``iteration`` (fractional)."""
+        return iteration * self.batch_size / len(self.data)
+
+    def sample(self, iteration: int, slot: int, with_exemplar: bool = True) -> Sample:
+        if not 0 <= slot < self.batch_size:
+            raise ValueError(f"slot {slot} outside the batch of {self.batch_size}")
+        i = self.pair_index(iteration, slot)
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, _TAG_SAMPLE, int(iteration), int(slot)]))
+        rainy, clean = self.data.rainy[i], self.data.clean[i]
+        c = self.crop
+        top = int(rng.integers(0, rainy.shape[0] - c + 1))
+        left = int(rng.integers(0, rainy.shape[1] - c + 1))
+        out = dict(index=i, top=top, left=left, rainy=rainy[top:top + c, left:left + c],
+                   clean=clean[top:top + c, left:left + c])
+        if with_exemplar and self.policy != "none":
+            # Drawn after the input crop, so the input crops do not depend on the policy.
+            j = self._exemplar_index(i, rng)
+            ex = self.data.rainy[j]
+            et = int(rng.integers(0, ex.shape[0] - c + 1))
+            el = int(rng.integers(0, ex.shape[1] - c + 1))
+            out.update(exemplar_index=j, exemplar_top=et, exemplar_left=el, exemplar=ex[et:et + c, el:el + c])
+        return Sample(**out)
+
+    def _exemplar_index(self, i: int, rng: np.random.Generator) -> int:
+        if self.table is not None:
+            return self.table[i]
+        n = len(self.data)  # policy "random"
+        if n == 1:
+            return i
+        j = int(rng.integers(0, n - 1))
+        return j + 1 if j >= i else j  # uniform over the other n-1 images
+
+    def batch_arrays(self, iteration: int, slots: Sequence[int] | None = None,
+                     with_exemplar: bool = True) -> dict[str, np.ndarray]:
+        """Stacked N×H×W×3 arrays (``rainy``, ``clean``, ``exemplar`` when drawn) plus indices."""
+        slots = range(self.batch_size) if slots is None else slots
+        samples = [self.sample(iteration, s, with_exemplar) for s in slots]
+        out = {"rainy": np.stack([s.rainy for s in samples]), "clean": np.stack([s.clean for s in samples]),
+               "index": np.array([s.index for s in samples], np.int64)}
+        if samples and samples[0].exemplar is not None:
+            out["exemplar"] = np.stack([s.exemplar for s in samples])
+            out["exemplar_index"] = np.array([s.exemplar_index for s in samples], np.int64)
+        return out
+
+    def batch(self, iteration: int, slots: Sequence[int] | None = None,
+              with_exemplar: bool = True) -> dict[str, torch.Tensor]:
+        """The batch of ``iteration`` (its ``slots``; default all) as b×3×crop×crop float32 tensors."""
+        arrays = self.batch_arrays(iteration, slots, with_exemplar)
+        out = {}
+        for k, v in arrays.items():
+            t = torch.from_numpy(np.ascontiguousarray(v.transpose(0, 3, 1, 2) if v.ndim == 4 else v))
+            out[k] = t
+        return out
+
+    def exemplar_report(self) -> dict:
+        """Which exemplar each pair gets (by id), for the run folder: the table, or the rule when drawn."""
+        ids = self.data.ids
+        rep: dict = {"policy": self.policy}
+        if self.table is not None:
+            rep["exemplar_of"] = {ids[i]: ids[j] for i, j in enumerate(self.table)}
+            rep["self_pairs"] = sum(1 for i, j in enumerate(self.table) if i == j)
+        elif self.policy == "random":
+            rep["rule"] = "a uniformly random other training image, drawn per sample from (seed, iteration, slot)"
+        else:
+            rep["rule"] = "no exemplar"
+        if self.policy == "official":
+            rep["note"] = ("os.listdir order vs sorted order of the rainy files (official MSGNN dataset.py); "
+                           "filesystem dependent")
+        return rep
+
+
+class _IterationBatches(torch.utils.data.Dataset):
+    """Item k is the batch of iteration start+k: lets DataLoader workers prepare batches ahead."""
+
+    def __init__(self, sampler: PairSampler, start: int, stop: int, slots: Sequence[int], with_exemplar: bool):
+        self.sampler, self.start, self.stop = sampler, start, stop
+        self.slots, self.with_exemplar = list(slots), with_exemplar
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        return self.sampler.batch(self.start + k, self.slots, self.with_exemplar)
+
+
+def iterate_batches(sampler: PairSampler, start: int, stop: int, slots: Sequence[int] | None = None,
+                    with_exemplar: bool = True, num_workers: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of iterations start..stop-1 in order, prepared in ``num_workers`` processes (0: inline).
+    The batches are the same for any ``num_workers``."""
+    slots = list(range(sampler.batch_size)) if slots is None else list(slots)
+    if num_workers <= 0:
+        for it in range(start, stop):
+            yield sampler.batch(it, slots, with_exemplar)
+        return
+    ds = _IterationBatches(sampler, start, stop, slots, with_exemplar)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=num_workers)
+    yield from loader

@@ -351,14 +351,15 @@ def _smallest(D: Tensor, kq: int) -> tuple[Tensor, Tensor]:
 
 
 def _select(D: Tensor, k: int, qrows: Tensor, qn: Tensor, tol: Tensor, cand_flat: Tensor,
-            lut: Tensor | None, nq: int, budget: int) -> tuple[Tensor, Tensor]:
+            lut: Tensor | None, nq: int, budget: int, defer: list | None = None) -> tuple[Tensor, Tensor]:
     """Exact top-k of each row of a distance block.
 
     D: R×U GEMM-form values g = ‖x‖² − 2 q·x, +inf where a query may not look (outside its window).
     qrows R×e queries, qn R their squared norms, tol R bounds on |g − (δ − ‖q‖²)| (δ = direct Σ(q−x)²).
     cand_flat: candidates N×e. lut: None if D's column u is candidate u; else (R/nq)×U, the candidate
     (row of cand_flat) behind column u for each group of nq consecutive rows.
-    Returns (δ R×k, candidate rows R×k) sorted by (δ, candidate row).
+    Returns (δ R×k, candidate rows R×k) sorted by (δ, candidate row). With `defer` (a list), rows that need
+    the exact fallback are not fixed here: (rows, thresholds) is appended to it for the caller to redo.
     """
     R, U = D.shape
     e = qrows.shape[1]
@@ -381,6 +382,9 @@ def _select(D: Tensor, k: int, qrows: Tensor, qn: Tensor, tol: Tensor, cand_flat
         return d, win
     rows = need.nonzero().squeeze(1)
     thr = d[rows, k - 1] - qn[rows] + tol[rows]
+    if defer is not None:
+        defer.append((rows, thr))
+        return d, win
     # every candidate that could belong to the answer has g <= thr: re-rank them all exactly
     step = max(1, budget // max(1, 24 * U))
     for s0 in range(0, rows.numel(), step):
@@ -427,6 +431,8 @@ def _global_torch(q: Tensor, x: Tensor, k: int, budget: int) -> tuple[Tensor, Te
     rows = max(1, min(m, block // (n * el)))
     out_d = torch.empty(m, k, dtype=q.dtype, device=q.device)
     out_i = torch.empty(m, k, dtype=torch.int64, device=q.device)
+    pending_rows: list[Tensor] = []
+    pending_thr: list[Tensor] = []
     if _use_onednn(q, u_gemm):
         w = (x * -2.0).contiguous()  # exact scaling: g = q·(−2x) + ‖x‖² in one fused oneDNN call
         gemm = lambda qc: _linear(qc, w, xn)  # noqa: E731
@@ -437,7 +443,14 @@ def _global_torch(q: Tensor, x: Tensor, k: int, budget: int) -> tuple[Tensor, Te
     for r0 in range(0, m, rows):
         r1 = min(m, r0 + rows)
         D = gemm(q[r0:r1])
-        out_d[r0:r1], out_i[r0:r1] = _select(D, k, q[r0:r1], qn[r0:r1], tol[r0:r1], x, None, 1, budget)
+        deferred: list = []
+        out_d[r0:r1], out_i[r0:r1] = _select(D, k, q[r0:r1], qn[r0:r1], tol[r0:r1], x, None, 1, budget, deferred)
+        for rows_fb, thr in deferred:
+            pending_rows.append(rows_fb + r0)
+            pending_thr.append(thr)
+    if pending_rows:  # near-ties: redo those few queries together, exactly
+        rows_fb, thr = torch.cat(pending_rows), torch.cat(pending_thr)
+        out_d[rows_fb], out_i[rows_fb] = _global_fallback(q[rows_fb], x, xn, thr, k, budget)
     return out_d, out_i
 
 
@@ -518,7 +531,8 @@ def _block_plan(R: Tensor, C: Tensor, S: int, n1: int, n2: int, b: int, el: int,
 
     Every block of a search uses the same rectangle size (so blocks batch into one GEMM). The distance
     entries computed per query are uh·uw; small blocks waste fewer of them but make GEMMs with few rows,
-    which run below peak (modelled as 1 + 24/(queries per block)).
+    which run below peak, and every block has a fixed cost (modelled together as 1 + 40/(queries per block),
+    fitted on a 2-core EPYC).
     """
     m1, m2 = R.numel(), C.numel()
     best, best_cost = None, math.inf
@@ -529,7 +543,7 @@ def _block_plan(R: Tensor, C: Tensor, S: int, n1: int, n2: int, b: int, el: int,
             nq = br * bc
             if b * nq * uh * uw * el > budget and best is not None:
                 continue
-            cost = uh * uw * (1.0 + 24.0 / nq)
+            cost = uh * uw * (1.0 + 40.0 / nq)
             if cost < best_cost:
                 best, best_cost = (br, bc, uh, uw), cost
     return best

@@ -193,6 +193,13 @@ def _validate(query: Tensor, cand: Tensor, k: int, query_grid, cand_grid, window
     return qg, cg
 
 
+def _check_norms(qn: Tensor, xn: Tensor) -> None:
+    """Squared norms must be finite: catches NaN/inf inputs (and overflow) with two small reductions."""
+    for name, t in (("query", qn), ("cand", xn)):
+        if not bool(torch.isfinite(t).all()):
+            raise KnnError(f"{name} contains NaN or inf values (or values whose squares overflow)")
+
+
 def _compute_dtype(query: Tensor, cand: Tensor) -> torch.dtype:
     return torch.float64 if torch.float64 in (query.dtype, cand.dtype) else torch.float32
 
@@ -422,6 +429,7 @@ def _global_torch(q: Tensor, x: Tensor, k: int, budget: int) -> tuple[Tensor, Te
     el = q.element_size()
     xn = (x * x).sum(-1)
     qn = (q * q).sum(-1)
+    _check_norms(qn, xn)
     u_gemm = _gemm_roundoff(q.dtype, q.device)
     a, c = _tol_coeffs(e, u_gemm, _roundoff(q.dtype))
     tol = a * qn + c * xn.max()
@@ -514,7 +522,7 @@ def _global_fallback(qf: Tensor, x: Tensor, xn: Tensor, thr: Tensor, k: int, bud
 
 # Distance bytes per step on CPU: several query blocks go through one batched GEMM, small enough to stay
 # in cache for the masking and topk passes that follow.
-_WINDOW_STEP_BYTES_CPU = 8 << 20
+_WINDOW_STEP_BYTES_CPU = 16 << 20
 _BLOCK_SIDES = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 48)
 
 
@@ -592,6 +600,7 @@ def _windowed_torch(q: Tensor, x: Tensor, k: int, qg: tuple[int, int], cg: tuple
 
     q_flat, x_flat = q.reshape(b * m, e), x.reshape(b * n, e)
     qn, xn = (q_flat * q_flat).sum(-1), (x_flat * x_flat).sum(-1)
+    _check_norms(qn, xn)
     u_gemm = _gemm_roundoff(q.dtype, dev)
     ta, tc = _tol_coeffs(e, u_gemm, _roundoff(q.dtype))
     xn_max = xn.max()
@@ -651,6 +660,9 @@ def _global_faiss(q: Tensor, x: Tensor, k: int, budget: int) -> tuple[Tensor, Te
     import faiss
     import numpy as np
 
+    xn = (x * x).sum(-1)
+    qn = (q * q).sum(-1)
+    _check_norms(qn, xn)  # before faiss sees the data
     m, e = q.shape
     n = x.shape[0]
     kq = min(n, k + 1)
@@ -659,8 +671,6 @@ def _global_faiss(q: Tensor, x: Tensor, k: int, budget: int) -> tuple[Tensor, Te
     gval, gidx = faiss.knn(q32.numpy(), x32.numpy(), kq)  # ascending ‖q‖² + ‖x‖² − 2 q·x, fp32 GEMM form
     gval = torch.from_numpy(np.ascontiguousarray(gval)).to(q.dtype)
     gidx = torch.from_numpy(np.ascontiguousarray(gidx)).to(torch.int64)
-    xn = (x * x).sum(-1)
-    qn = (q * q).sum(-1)
     d, i = _lexsort_rows(_direct_sqdist(q[:, None, :], x[gidx[:, :k]]), gidx[:, :k])
     if kq == k:
         return d, i
@@ -699,9 +709,6 @@ def knn(query: Tensor, cand: Tensor, k: int, *, query_grid: tuple[int, int] | No
     dtype = _compute_dtype(query, cand)
     q = _as_float(query.detach(), dtype)
     x = _as_float(cand.detach(), dtype)
-    for name, t in (("query", q), ("cand", x)):
-        if not bool(torch.isfinite(t).all()):
-            raise KnnError(f"{name} contains NaN or inf values")
 
     if backend == "triton":
         raise KnnError("the triton backend is not available in this build; use backend='torch' or 'auto'")

@@ -195,8 +195,9 @@ class RunConfig:
         return max(1, math.ceil(self.run_epochs * n_pairs / self.batch))
 
     def milestones(self, iterations: int) -> list[int]:
-        """LR milestones in iterations: round(f · iterations), deduplicated, within [1, iterations)."""
-        out = sorted({int(round(f * iterations)) for f in self.lr_milestones})
+        """LR milestones in iterations: round(f · iterations) within [1, iterations). Two fractions that
+        round to one iteration (very short runs) both apply there (lr·γ²), as MultiStepLR does."""
+        out = sorted(int(round(f * iterations)) for f in self.lr_milestones)
         return [m for m in out if 0 < m < iterations]
 
     def resolved_out_dir(self) -> Path:

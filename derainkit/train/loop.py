@@ -159,6 +159,32 @@ def make_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer, iterations:
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones(iterations), gamma=cfg.lr_gamma)
 
 
+def train_step(fwd: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict,
+               loss_fn, device: torch.device, amp=None, uses_exemplar: bool = False, channels_last: bool = False,
+               grad_clip: float | None = None) -> torch.Tensor:
+    """One optimisation step on ``batch`` (from ``PairSampler.batch``); returns the loss (a 0-d tensor).
+
+    ``fwd`` is what is called (the model, or its DDP/compiled wrapper); ``model`` the bare module whose
+    parameters are clipped. The loss is computed in fp32 outside autocast.
+    """
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    rainy = batch["rainy"].to(device, non_blocking=True).contiguous(memory_format=fmt)
+    clean = batch["clean"].to(device, non_blocking=True)
+    with amp if amp is not None else contextlib.nullcontext():
+        if uses_exemplar:
+            ex = batch["exemplar"].to(device, non_blocking=True).contiguous(memory_format=fmt)
+            pred = fwd(rainy, exemplar=ex)
+        else:
+            pred = fwd(rainy)
+    loss = loss_fn(pred, clean)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss
+
+
 def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -467,22 +493,9 @@ class _Run:
 
     def _step(self, fwd: nn.Module, model: nn.Module, optimizer, batch: dict, amp, uses_exemplar: bool,
               it: int) -> float:
-        dev, cl = self.device, self.cfg.channels_last
-        fmt = torch.channels_last if cl else torch.contiguous_format
-        rainy = batch["rainy"].to(dev, non_blocking=True).contiguous(memory_format=fmt)
-        clean = batch["clean"].to(dev, non_blocking=True)
-        with amp:
-            if uses_exemplar:
-                ex = batch["exemplar"].to(dev, non_blocking=True).contiguous(memory_format=fmt)
-                pred = fwd(rainy, exemplar=ex)
-            else:
-                pred = fwd(rainy)
-        loss = self.loss_fn(pred, clean)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.cfg.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
-        optimizer.step()
+        loss = train_step(fwd, model, optimizer, batch, self.loss_fn, self.device, amp=amp,
+                          uses_exemplar=uses_exemplar, channels_last=self.cfg.channels_last,
+                          grad_clip=self.cfg.grad_clip)
         value = loss.detach()
         if self.d.world > 1:
             # The logged loss is the global batch's (mean of the equal-sized rank shares), on every rank,

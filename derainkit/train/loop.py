@@ -416,7 +416,11 @@ class _Run:
         if d.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            fwd = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            # static_graph: the same parameters are used every iteration, and some never are (MSGNN's
+            # frozen embeddings and the modules the code variant keeps only for checkpoint compatibility);
+            # DDP then reduces the used ones without searching the graph each step.
+            fwd = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                      static_graph=True)
         if cfg.compile:
             fwd = torch.compile(fwd)
 

@@ -92,7 +92,9 @@ def test_batches_are_tensors_and_rank_slots_tile_the_global_batch():
 def test_loader_workers_give_the_same_batches():
     s = PairSampler(_arrays(4), crop=16, batch=2, seed=5, exemplar="random")
     inline = list(iterate_batches(s, 2, 6))
+    rng_before = torch.get_rng_state()
     workers = list(iterate_batches(s, 2, 6, num_workers=2))
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the global RNG is left alone (exact resume)
     assert len(inline) == len(workers) == 4
     for a, b in zip(inline, workers):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

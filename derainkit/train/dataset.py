@@ -31,7 +31,6 @@ Images are loaded once and kept in memory (RainTrainL: 200 images, about 370 MB 
 """
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -205,6 +204,7 @@ class PairSampler:
             raise DatasetError(f"{data.root}: no training pairs")
         self.data, self.crop, self.batch_size, self.seed, self.policy = data, int(crop), int(batch), int(seed), exemplar
         self._check_sizes()
+        self._permutations: dict[int, np.ndarray] = {}
         self.table: Optional[list[int]] = None
         if exemplar == "official":
             self.table = official_exemplar_table(data.pairs, listdir)
@@ -225,11 +225,17 @@ class PairSampler:
     def __len__(self) -> int:
         return len(self.data)
 
-    @functools.lru_cache(maxsize=4)
     def permutation(self, epoch: int) -> np.ndarray:
         """Order of the pairs in ``epoch`` (a seeded permutation: each pair once per epoch)."""
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, _TAG_PERMUTATION, int(epoch)]))
-        return rng.permutation(len(self.data))
+        epoch = int(epoch)
+        perm = self._permutations.get(epoch)
+        if perm is None:
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, _TAG_PERMUTATION, epoch]))
+            perm = rng.permutation(len(self.data))
+            if len(self._permutations) >= 4:  # a batch spans at most two epochs; keep a few
+                self._permutations.pop(next(iter(self._permutations)))
+            self._permutations[epoch] = perm
+        return perm
 
     def pair_index(self, iteration: int, slot: int) -> int:
         g = int(iteration) * self.batch_size + int(slot)
@@ -332,5 +338,8 @@ def iterate_batches(sampler: PairSampler, start: int, stop: int, slots: Sequence
             yield sampler.batch(it, slots, with_exemplar)
         return
     ds = _IterationBatches(sampler, start, stop, slots, with_exemplar)
-    loader = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=num_workers)
+    # A private generator: otherwise the loader draws its worker seed from torch's global RNG, which
+    # would make a resumed run's RNG state differ from an uninterrupted one (the samples need no seed).
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=num_workers,
+                                         generator=torch.Generator().manual_seed(0))
     yield from loader

@@ -462,7 +462,8 @@ class _Run:
                     if main:
                         _append_log(log_path, columns, row)
                     loss_sum, loss_n = 0.0, 0
-                    self._barrier()
+                    if val_due:
+                        self._barrier()  # the other ranks wait while rank 0 validates
                 if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == stop:
                     extra = {"loss_sum": loss_sum, "loss_n": loss_n, "metrics": metrics,
                              "elapsed": elapsed0 + time.perf_counter() - t0, "input_metrics": input_metrics}

@@ -1,4 +1,4 @@
-"""Command line: `derainkit evaluate`, `derainkit derain`.
+"""Command line: `derainkit evaluate`, `derainkit derain`, `derainkit train`, `derainkit models`.
 
 Every command reports bad input (missing folders, unreadable images, mismatched pairs, wrong
 weights) as one line naming the file and the problem, with exit status 2.
@@ -158,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--bit-depth", choices=("auto", "8", "16"), default="auto",
                     help="output bit depth; auto = same as the input")
     de.set_defaults(func=cmd_derain)
+
+    from derainkit.train.cli import add_train_parser
+
+    add_train_parser(sub)
 
     mo = sub.add_parser("models", help="list the available models")
     mo.set_defaults(func=cmd_models)

@@ -103,24 +103,43 @@ def _mem_target(method: str, size: int, rule: str, scale: int, subset: bool, pha
         q2, x2, qg2, cg2 = _features(64, scale)  # warm up libraries outside the measured phase
         _ours(q2, x2, qg2, cg2, window)
         gather_knn(q2, x2, K, qg2, cg2, window)
+        del q2, x2
         _reset_peak_rss()
-        return q, x, qg, cg
-    q, x, qg, cg = prepared
+        return q, x, qg, cg, _status_kb("VmRSS")
+    q, x, qg, cg, rss0 = prepared
     if method == "derainkit":
         _ours(q, x, qg, cg, window)
     else:
         gather_knn(q, x, K, qg, cg, window, rows=_band(qg) if subset else None)
-    return None
+    hwm = _status_kb("VmHWM")
+    return None if hwm is None or rss0 is None else (hwm - rss0) / 1024
 
 
 def _reset_peak_rss() -> None:
-    """Restart the kernel's peak-RSS counter (Linux), so temporaries of the prepare phase (inputs, warm-up)
-    do not hide the measured phase's own peak; elsewhere the harness's plain difference is used."""
+    """Restart the kernel's peak-RSS mark (VmHWM) of this process (Linux; no-op elsewhere)."""
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
     except OSError:
         pass
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _peak_extra_mb(out: dict) -> float:
+    """Peak extra MB of a peak_rss_in_subprocess result: the run phase's own VmHWM − VmRSS measurement when
+    available (ru_maxrss can keep a higher mark from start-up threads), else the harness's figure."""
+    res = out.get("result")
+    return float(res) if res is not None else float(out["rss_extra_mb"])
 
 
 def _loadavg() -> str:
@@ -162,7 +181,7 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
             mem = {}
             for meth in ("derainkit", "gather"):
                 try:
-                    mem[meth] = peak_rss_in_subprocess(_mem_target, meth, size, rule, scale, subset)["rss_extra_mb"]
+                    mem[meth] = _peak_extra_mb(peak_rss_in_subprocess(_mem_target, meth, size, rule, scale, subset))
                 except RuntimeError as exc:
                     print(f"   peak memory of {meth} failed: {exc}")
                     mem[meth] = float("nan")

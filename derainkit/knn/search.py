@@ -539,8 +539,8 @@ def _block_plan(R: Tensor, C: Tensor, S: int, n1: int, n2: int, b: int, el: int,
 
     Every block of a search uses the same rectangle size (so blocks batch into one GEMM). The distance
     entries computed per query are uh·uw; small blocks waste fewer of them but make GEMMs with few rows,
-    which run below peak, and every block has a fixed cost (modelled together as 1 + 40/(queries per block),
-    fitted on a 2-core EPYC).
+    which run below peak (factor 1 + 40/nq), and every block has a fixed cost of a few dozen µs (one GEMM
+    call and its share of the step's ops; ≈ 60000 distance entries). Fitted on a 2-core EPYC.
     """
     m1, m2 = R.numel(), C.numel()
     best, best_cost = None, math.inf
@@ -551,7 +551,7 @@ def _block_plan(R: Tensor, C: Tensor, S: int, n1: int, n2: int, b: int, el: int,
             nq = br * bc
             if b * nq * uh * uw * el > budget and best is not None:
                 continue
-            cost = uh * uw * (1.0 + 40.0 / nq)
+            cost = uh * uw * (1.0 + 40.0 / nq) + 60000.0 / nq
             if cost < best_cost:
                 best, best_cost = (br, bc, uh, uw), cost
     return best
@@ -622,7 +622,7 @@ def _windowed_torch(q: Tensor, x: Tensor, k: int, qg: tuple[int, int], cg: tuple
             lut = (u_off[:, j0:j1] + ur0 * n2).reshape(b * g, U)  # rows of x_flat behind each column
             Qg = q_flat.index_select(0, qidx).view(b * g, nq, e)
             Xg = x_gemm.index_select(0, lut.view(-1)).view(b * g, U, e)
-            XNg = xn[lut]  # (b·g) × U
+            XNg = xn.index_select(0, lut.view(-1)).view(b * g, U)
             if use_dnn:  # one oneDNN call per block (different candidates each); ~2× MKL's bmm here
                 D = torch.stack([_linear(Qg[t], Xg[t], XNg[t]) for t in range(b * g)])
             else:
@@ -630,7 +630,7 @@ def _windowed_torch(q: Tensor, x: Tensor, k: int, qg: tuple[int, int], cg: tuple
             D6 = D.view(b, g, br, bc, uh, uw)
             D6.add_(rowpen.view(1, 1, br, 1, uh, 1))
             D6.add_(colpen[j0:j1].view(1, g, 1, bc, 1, uw))
-            QN = qn[qidx]
+            QN = qn.index_select(0, qidx)
             d, i = _select(D.view(b * g * nq, U), k, Qg.view(-1, e), QN, ta * QN + tc * xn_max, x_flat, lut, nq,
                            budget)
             out_d.index_copy_(0, qidx, d)
@@ -696,8 +696,13 @@ def knn(query: Tensor, cand: Tensor, k: int, *, query_grid: tuple[int, int] | No
     into cand's n). Ties are broken by the lower candidate index. window=None searches all candidates;
     with a `Window` only the S×S block of each query's window is searched (query_grid, cand_grid needed).
     `eps` is added to every returned distance (MSGNN adds 1e-5); it does not change the ranking.
-    Distances are computed in float32 (float64 if an input is float64). No distance block larger than
-    `memory_budget` bytes is formed (default: from the free memory of the device).
+    Distances are computed in float32 (float64 if an input is float64) directly as Σ(q − x)², so they are
+    accurate even when tiny next to the norms. No distance block larger than `memory_budget` bytes is
+    formed (default: from the free memory of the device, see `default_memory_budget`).
+
+    backend: "auto" and "torch" run the pure-PyTorch engine (on CPU its GEMMs go through oneDNN when
+    available); "faiss" (global search on CPU tensors, needs faiss) takes faiss' brute-force shortlist and
+    then the same exact re-rank, so its results are identical to "torch"; "triton" is not implemented.
     """
     if backend not in _BACKENDS:
         raise KnnError(f"backend must be one of {_BACKENDS}, got {backend!r}")
@@ -748,11 +753,19 @@ def knn_reference_fp64(query: Tensor, cand: Tensor, k: int, *, query_grid: tuple
     qg, cg = _validate(query, cand, k, query_grid, cand_grid, window)
     q = query.detach().to(torch.float64)
     x = cand.detach().to(torch.float64)
-    d = _direct_sqdist(q[:, :, None, :], x[:, None, :, :])  # b × m × n
-    if window is not None:
-        I = window_index(qg, cg, window, q.device)  # m × o
-        mask = torch.ones(d.shape[1:], dtype=torch.bool, device=q.device)
-        mask.scatter_(1, I, False)
-        d = d.masked_fill(mask, math.inf)
-    d_s, p = d.sort(dim=2, stable=True)
-    return d_s[:, :, :k] + eps, p[:, :, :k]
+    b, m, e = q.shape
+    n = x.shape[1]
+    I = window_index(qg, cg, window, q.device) if window is not None else None  # m × o
+    out_d = torch.empty(b, m, k, dtype=torch.float64, device=q.device)
+    out_i = torch.empty(b, m, k, dtype=torch.int64, device=q.device)
+    step = max(1, (64 << 20) // (8 * n * e))  # direct differences, ~64 MB at a time
+    for r0 in range(0, m, step):
+        r1 = min(m, r0 + step)
+        d = _direct_sqdist(q[:, r0:r1, None, :], x[:, None, :, :])  # b × rows × n
+        if I is not None:
+            mask = torch.ones(r1 - r0, n, dtype=torch.bool, device=q.device)
+            mask.scatter_(1, I[r0:r1], False)
+            d = d.masked_fill(mask, math.inf)
+        d_s, p = d.sort(dim=2, stable=True)  # stable: ties keep index order
+        out_d[:, r0:r1], out_i[:, r0:r1] = d_s[:, :, :k], p[:, :, :k]
+    return out_d + eps, out_i

@@ -240,3 +240,59 @@ def test_bad_input_errors():
         Window(30, "centred")
     with pytest.raises(DerainkitError, match="scale"):
         Window(30, "msgnn", 0)
+
+
+def test_two_stage_selection_on_long_rows_with_ties():
+    # n >= 16 groups × 8·(k+1) columns: the CPU group-minimum selection is used; duplicates create exact
+    # ties inside and across groups
+    torch.manual_seed(7)
+    base = torch.randn(1, 300, 12)
+    x = torch.cat([base, base[:, :150], base[:, 100:250], base[:, :37]], 1)  # n = 937, many duplicates
+    q = torch.randn(1, 80, 12)
+    d, i = knn(q, x, 6)
+    dr, ir = knn_reference_fp64(q, x, 6)
+    assert torch.equal(i, ir)
+    torch.testing.assert_close(d.double(), dr, rtol=1e-5, atol=1e-6)
+
+
+def test_gemm_backend_does_not_change_results(monkeypatch):
+    """oneDNN (when probed ok) and torch.mm GEMMs only build the shortlist: results are bit-identical."""
+    from derainkit.knn import search
+
+    torch.manual_seed(8)
+    q, x = torch.randn(2, 40 * 50, 16), torch.randn(2, 20 * 25, 16)
+    kw = dict(query_grid=(40, 50), cand_grid=(20, 25))
+    runs = []
+    for probed in (None, False):
+        monkeypatch.setattr(search, "_ONEDNN_PROBED", probed)
+        runs.append((knn(q, x, 5, window=Window(30, "msgnn", 2), **kw), knn(q, x, 5)))
+    for a, b in zip(runs[0], runs[1]):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_reduced_matmul_precision_stays_exact():
+    torch.manual_seed(9)
+    q, x = torch.randn(1, 12 * 10, 20), torch.randn(1, 9 * 11, 20)
+    kw = dict(query_grid=(12, 10), cand_grid=(9, 11))
+    old = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        with pytest.warns(RuntimeWarning, match="reduced-precision"):
+            d, i = knn(q, x, 5, window=Window(6, "centered"), **kw)
+    finally:
+        torch.set_float32_matmul_precision(old)
+    _assert_same_neighbours(d, i, *knn_reference_fp64(q, x, 5, window=Window(6, "centered"), **kw))
+
+
+@pytest.mark.parametrize("window", [None, Window(3, "msgnn", 1)])
+def test_non_finite_inputs_rejected(window):
+    q, x = torch.randn(1, 16, 9), torch.randn(1, 16, 9)
+    kw = dict(query_grid=(4, 4), cand_grid=(4, 4), window=window)
+    xi = x.clone()
+    xi[0, 5, 2] = float("inf")
+    with pytest.raises(DerainkitError, match="cand contains NaN or inf"):
+        knn(q, xi, 3, **kw)
+    qn = q.clone()
+    qn[0, 0, 0] = float("nan")
+    with pytest.raises(DerainkitError, match="query contains NaN or inf"):
+        knn(qn, x, 3, **kw)

@@ -2,8 +2,9 @@
 
 Same random inputs (m = n queries/candidates, e = 288, k = 5) for every method, one process; timings are
 interleaved (one call of each method per round, median over rounds) so a change in machine load hits all
-methods alike. Peak extra memory is measured per method in a fresh subprocess. `agreement` is the
-fraction of queries whose neighbour set equals derainkit's.
+methods alike. Peak extra memory is measured per method in a fresh subprocess (run phase's VmHWM − VmRSS).
+`agreement` is the fraction of queries whose neighbour set equals derainkit's. The 1-minute load average is
+recorded: on a shared machine it moves the timings a lot.
 """
 from __future__ import annotations
 
@@ -63,7 +64,14 @@ def _mem_target(method: str, m: int, n: int, phase: str, prepared=None):
 
 
 def _reset_peak_rss() -> None:
-    """Restart the kernel's peak-RSS mark (VmHWM) of this process (Linux; no-op elsewhere)."""
+    """Return freed heap memory to the OS (glibc), then restart the kernel's peak-RSS mark (VmHWM), so the
+    measured phase cannot hide its allocations in memory the prepare phase freed (Linux; no-op elsewhere)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
@@ -100,7 +108,7 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
     methods = ["derainkit", "cdist+topk"]
     if _have_faiss():
         methods += ["faiss.knn", "derainkit-faiss"]
-    rounds = 2 if quick else 3
+    rounds = 2 if quick else 5
     rows = []
     for size in (SIZES_QUICK if quick else SIZES_FULL):
         m = n = size

@@ -7,8 +7,12 @@ from a random 3-layer conv net (3→32→32→32, LeakyReLU 0.2), l = s = 3 patc
 - rule msgnn, scale 2: candidates from the ½-resolution image (a real sliding window);
 - rule msgnn, scale 1: candidates from the same image through a second random net (the top-left-shifted
   official window).
-Timings are medians of interleaved rounds; the gather baseline at 1024² is timed on a fixed band of query
-rows and extrapolated linearly (its cost is the same for every query), which the `gather_timing` column says.
+Timings of ours are medians of several rounds; the gather baseline is timed once (it runs for tens of
+seconds), and above 600² on a fixed band of query rows, extrapolated linearly (its cost is the same for
+every query), which the `timing` column says. Peak extra memory is measured in a fresh subprocess as the
+run phase's VmHWM − VmRSS (for the gather on the row band: its peak is the full m×o index I plus one chunk).
+Machine load (1-minute load average) is recorded before and after each size: on a shared machine it moves
+the timings a lot.
 """
 from __future__ import annotations
 
@@ -116,7 +120,14 @@ def _mem_target(method: str, size: int, rule: str, scale: int, subset: bool, pha
 
 
 def _reset_peak_rss() -> None:
-    """Restart the kernel's peak-RSS mark (VmHWM) of this process (Linux; no-op elsewhere)."""
+    """Return freed heap memory to the OS (glibc), then restart the kernel's peak-RSS mark (VmHWM), so the
+    measured phase cannot hide its allocations in memory the prepare phase freed (Linux; no-op elsewhere)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     try:
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
@@ -181,7 +192,9 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
             mem = {}
             for meth in ("derainkit", "gather"):
                 try:
-                    mem[meth] = _peak_extra_mb(peak_rss_in_subprocess(_mem_target, meth, size, rule, scale, subset))
+                    # the gather's peak is its full I plus one chunk: the row band shows it at a fraction of the time
+                    sub = subset if meth == "derainkit" else True
+                    mem[meth] = _peak_extra_mb(peak_rss_in_subprocess(_mem_target, meth, size, rule, scale, sub))
                 except RuntimeError as exc:
                     print(f"   peak memory of {meth} failed: {exc}")
                     mem[meth] = float("nan")

@@ -442,8 +442,9 @@ def _global_torch(q: Tensor, x: Tensor, k: int, budget: int) -> tuple[Tensor, Te
     pending_rows: list[Tensor] = []
     pending_thr: list[Tensor] = []
     if _use_onednn(q, u_gemm):
-        w = (x * -2.0).contiguous()  # exact scaling: g = q·(−2x) + ‖x‖² in one fused oneDNN call
-        gemm = lambda qc: _linear(qc, w, xn)  # noqa: E731
+        # g = (−2q)·x + ‖x‖² in one fused oneDNN call; scaling by −2 is exact, and scaling the query chunk
+        # (not x) avoids a copy of all candidates
+        gemm = lambda qc: _linear(qc * -2.0, x, xn)  # noqa: E731
     else:
         buf = torch.empty(rows, n, dtype=q.dtype, device=q.device)  # reused: no page faults per block
         xt, xn_row = x.t(), xn.unsqueeze(0)
@@ -605,7 +606,6 @@ def _windowed_torch(q: Tensor, x: Tensor, k: int, qg: tuple[int, int], cg: tuple
     ta, tc = _tol_coeffs(e, u_gemm, _roundoff(q.dtype))
     xn_max = xn.max()
     use_dnn = _use_onednn(q, u_gemm)
-    x_gemm = (x_flat * -2.0) if use_dnn else x_flat  # oneDNN gets the exactly scaled −2x as its weights
     step = budget if dev.type == "cuda" else min(budget, _WINDOW_STEP_BYTES_CPU)
     G = max(1, min(nbc, step // max(1, b * nq * U * el)))  # query blocks per batched GEMM
     out_d = torch.empty(b * m, k, dtype=q.dtype, device=dev)
@@ -621,10 +621,11 @@ def _windowed_torch(q: Tensor, x: Tensor, k: int, qg: tuple[int, int], cg: tuple
             qidx = (q_off[:, j0:j1] + r0 * m2).reshape(-1)  # (b·g·nq) rows of q_flat, block-major
             lut = (u_off[:, j0:j1] + ur0 * n2).reshape(b * g, U)  # rows of x_flat behind each column
             Qg = q_flat.index_select(0, qidx).view(b * g, nq, e)
-            Xg = x_gemm.index_select(0, lut.view(-1)).view(b * g, U, e)
+            Xg = x_flat.index_select(0, lut.view(-1)).view(b * g, U, e)
             XNg = xn.index_select(0, lut.view(-1)).view(b * g, U)
             if use_dnn:  # one oneDNN call per block (different candidates each); ~2× MKL's bmm here
-                D = torch.stack([_linear(Qg[t], Xg[t], XNg[t]) for t in range(b * g)])
+                Qm2 = Qg * -2.0  # exact; Qg itself is kept for the re-rank
+                D = torch.stack([_linear(Qm2[t], Xg[t], XNg[t]) for t in range(b * g)])
             else:
                 D = torch.baddbmm(XNg.view(b * g, 1, U), Qg, Xg.transpose(1, 2), beta=1.0, alpha=-2.0)
             D6 = D.view(b, g, br, bc, uh, uw)

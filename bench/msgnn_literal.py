@@ -153,6 +153,9 @@ class Graph(nn.Module):
     def __init__(self, c: int = 32, k: int = 5, l: int = 3, s: int = 3, window: int = 30, scale: int = 1) -> None:
         super().__init__()
         self.k, self.l, self.s, self.window, self.scale = k, l, s, window, scale
+        # Test hook, not official: when set (b×m×k), these neighbours replace the searched ones, so an
+        # implementation can be compared on identical graphs when float near-ties flip a neighbour.
+        self.force_idx = None
 
         def cnn():
             return nn.Sequential(nn.Sequential(nn.Conv2d(3, c, 3, padding=1), _lrelu()),
@@ -185,12 +188,14 @@ class Graph(nn.Module):
                  - 2 * torch.einsum("bme,bmoe->bmo", yv, xw) + 1e-5)
         dist, pos = torch.topk(D, k, dim=2, largest=False, sorted=True)
         idx_k = Ib.gather(2, pos)                                                  # b×m×k
+        if self.force_idx is not None:
+            idx_k = self.force_idx
         # edge features: per-channel L1 over the patch, copied to the patch pixels, folded, detached
         nb = xv.unsqueeze(1).expand(b, m, n, e).gather(2, idx_k.unsqueeze(-1).expand(b, m, k, e))
         d = (yv.unsqueeze(2) - nb).view(b, m, k, c, l * l).abs().sum(-1)           # b×m×k×C
         d = d.unsqueeze(-1).expand(b, m, k, c, l * l).reshape(b, q_grid[0], q_grid[1], k * c, l, l)
         diff = patch2im(d.permute(0, 3, 4, 5, 1, 2), ypads, y.shape[-2:], l, s)
-        self.last_dist = dist.detach()
+        self.last_dist, self.last_idx = dist.detach(), idx_k  # for diagnostics
         return idx_k, diff.detach()
 
 

@@ -54,6 +54,9 @@ Two variants share one config (reference note: shared/reference/msgnn-official-c
 Exemplar: when ``exemplar=True`` and ``forward`` gets no exemplar, the input image itself is used.
 That is what the official pairing does on a filesystem whose ``listdir`` is sorted (§3.3, §3.5).
 
+Graph features enter the backbone between sub-networks (through Fuse_t, t < N−1), so with
+``n_subnets=1`` they feed nothing, exactly as in the official code.
+
 Graph off (``graph=False``, Table 2 M1–M5): no graph branches, value nets or fuse convs; each
 sub-network's output feeds the next directly. ``scales``/``exemplar`` are then ignored.
 Attention swaps (Table 2 M2–M4): SE/ECA sit where GCT sits (gating the input of the residual branch,

@@ -92,7 +92,12 @@ def export_official_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             raise CheckpointError(f"parameter {key!r} has no official counterpart (variant/config not in the "
                                   "official code)")
         out[off] = value
-    return out
+    # official key order: res_group, fuse, convert_rainy, convert_*, graph_X/gcn_X pairs, out
+    order = ["res_group.", "fuse.", "convert_rainy.", "convert_rainy1.", "convert_rainy2.", "convert_rainy4.",
+             "convert_guide.", "graph_1.", "gcn_1.", "graph_2.", "gcn_2.", "graph_4.", "gcn_4.", "graph_guide.",
+             "gcn_guide.", "out."]
+    rank = {key: next(i for i, p in enumerate(order) if key.startswith(p)) for key in out}
+    return {key: out[key] for key in sorted(out, key=lambda k: rank[k])}  # stable within a prefix
 
 
 def _read(source: Mapping[str, Any] | str | Path) -> dict[str, torch.Tensor]:
@@ -162,7 +167,7 @@ def load_official_state_dict(model: nn.Module, state_dict_or_path: Mapping[str, 
     own = model.state_dict()
     name = ours_to_official if official else (lambda k: k)
     missing = [name(k) or k for k in own if k not in mapped]
-    unexpected = untranslated + [official_and(k, official) for k in mapped if k not in own]
+    unexpected = untranslated + [_display_name(k, official) for k in mapped if k not in own]
     mismatched = [f"{name(k) or k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
                   for k, v in mapped.items() if k in own and v.shape != own[k].shape]
     if missing or unexpected or mismatched:
@@ -182,7 +187,8 @@ def load_official_state_dict(model: nn.Module, state_dict_or_path: Mapping[str, 
     return model
 
 
-def official_and(key: str, official: bool) -> str:
+def _display_name(key: str, official: bool) -> str:
+    # report keys in the naming the checkpoint used
     return (ours_to_official(key) or key) if official else key
 
 

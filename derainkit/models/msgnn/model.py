@@ -131,7 +131,7 @@ class MSGNN(nn.Module):
         # the fuse conv into body and graph parts (two GEMMs), instead of concatenating 5·C channels
         # in every iteration.
         rows_g = None
-        if (feats and not torch.is_grad_enabled() and self.channels_last and self.fuse is not None
+        if (feats and not torch.is_grad_enabled() and self.channels_last and self.fuse is not None and len(self.fuse)
                 and self.fuse[0].conv1.kernel_size == (1, 1)):
             b, _, h, w = feats[0].shape
             width = sum(g.shape[1] for g in feats)

@@ -521,9 +521,14 @@ def _global_fallback(qf: Tensor, x: Tensor, xn: Tensor, thr: Tensor, k: int, bud
 # ----------------------------------------------------------------------------------------------------------
 # windowed search (torch, blocked local GEMM)
 
-# Distance bytes per step on CPU: several query blocks go through one batched GEMM, small enough to stay
-# in cache for the masking and topk passes that follow.
-_WINDOW_STEP_BYTES_CPU = 16 << 20
+# Distance bytes per step on CPU: the query blocks of a step share the masking and selection ops. On an
+# idle machine 8–64 MB steps run equally fast; on a busy one (other processes on the cores) every parallel
+# op waits for a descheduled thread, so fewer, larger steps and blocks are much faster there.
+_WINDOW_STEP_BYTES_CPU = 32 << 20
+# Fixed cost of one query block, in distance entries (its GEMM call plus its share of the step's ops). With
+# 2e5, 512² MSGNN windows get 24×24 blocks: ~10% more work than the idle-machine optimum (16×20), ~1.5×
+# faster under load.
+_BLOCK_OVERHEAD = 200000.0
 _BLOCK_SIDES = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 48)
 
 
@@ -540,8 +545,8 @@ def _block_plan(R: Tensor, C: Tensor, S: int, n1: int, n2: int, b: int, el: int,
 
     Every block of a search uses the same rectangle size (so blocks batch into one GEMM). The distance
     entries computed per query are uh·uw; small blocks waste fewer of them but make GEMMs with few rows,
-    which run below peak (factor 1 + 40/nq), and every block has a fixed cost of a few dozen µs (one GEMM
-    call and its share of the step's ops; ≈ 60000 distance entries). Fitted on a 2-core EPYC.
+    which run below peak (factor 1 + 40/nq), and every block has a fixed cost (`_BLOCK_OVERHEAD`).
+    Fitted on a 2-core EPYC.
     """
     m1, m2 = R.numel(), C.numel()
     best, best_cost = None, math.inf
@@ -552,7 +557,7 @@ def _block_plan(R: Tensor, C: Tensor, S: int, n1: int, n2: int, b: int, el: int,
             nq = br * bc
             if b * nq * uh * uw * el > budget and best is not None:
                 continue
-            cost = uh * uw * (1.0 + 40.0 / nq) + 60000.0 / nq
+            cost = uh * uw * (1.0 + 40.0 / nq) + _BLOCK_OVERHEAD / nq
             if cost < best_cost:
                 best, best_cost = (br, bc, uh, uw), cost
     return best

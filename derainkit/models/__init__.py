@@ -14,8 +14,23 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn as nn
 
-from derainkit.errors import ConfigError
+from derainkit.errors import CheckpointError, ConfigError
+from derainkit.models.msgnn import MSGNN, MSGNNConfig, load_official_state_dict
 from derainkit.models.prenet import PReNet, PReNetConfig, load_prenet_weights
+
+
+def _load_msgnn_weights(model: nn.Module, path: Path) -> nn.Module:
+    """Official MSGNN checkpoints (.pth, official or kit key names) or kit .safetensors exports."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from derainkit.train.checkpoint import read_exported
+
+        state, _meta = read_exported(path)
+        try:
+            return load_official_state_dict(model, state)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from None
+    return load_official_state_dict(model, path)
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,16 @@ MODELS: dict[str, ModelSpec] = {
         official_quantize="trunc",  # official test_PReNet.py: np.uint8(255 * clamp(out, 0, 1))
         infer_bytes_per_pixel=3000.0,  # ~2.5 kB/px measured at 512x512 on CPU, rounded up
     ),
+    "msgnn": ModelSpec(
+        name="msgnn",
+        description="MSGNN (Wang et al., IJCAI-24), multi-scale graph network with exemplar; variants code|paper",
+        config_from_dict=MSGNNConfig.from_dict,
+        build=MSGNN,
+        load_weights=_load_msgnn_weights,
+        official_quantize="round",  # the official eval.py scores floats; uint8 protocols round like our writer
+        infer_bytes_per_pixel=4000.0,
+        uses_exemplar=True,
+    ),
 }
 
 
@@ -59,8 +84,20 @@ def build_model(name: str, config: Mapping[str, Any] | None = None, weights: str
                 device: torch.device | str = "cpu") -> nn.Module:
     """Build a registered model in eval mode on ``device``, with weights if given (or shipped)."""
     spec = get_model_spec(name)
-    model = spec.build(spec.config_from_dict(config))
     path = Path(weights) if weights is not None else spec.default_weights
+    if config is None and path is not None and path.suffix == ".safetensors":
+        config = _exported_config(path, name)
+    model = spec.build(spec.config_from_dict(config))
     if path is not None:
         spec.load_weights(model, path)
     return model.to(device).eval()
+
+
+def _exported_config(path: Path, name: str) -> Mapping[str, Any] | None:
+    """The model config stored in a kit ``.safetensors`` export (so weights rebuild their own network)."""
+    from derainkit.train.checkpoint import read_exported
+
+    _state, meta = read_exported(path)
+    if meta.get("model") not in (None, name):
+        raise CheckpointError(f"{path}: holds weights of model {meta['model']!r}, not {name!r}")
+    return meta.get("model_config")

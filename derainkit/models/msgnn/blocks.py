@@ -152,18 +152,46 @@ class SubNetwork(nn.Module):
         return h if phi is None else h + phi
 
     def _forward_autograd(self, x, phi, need_phi):
-        slope = self.negative_slope
-        feats = [x]
+        # Training path without concatenations. A dense 1×1 conv over concat(feats) equals the sum of
+        # per-input 1×1 convs, so as soon as a feature exists, ONE conv computes its contributions to
+        # every later dense conv (and to the fusion connection), split into C-channel chunks and added
+        # to running pre-activations. Autograd then keeps each feature once instead of O(M²) concat
+        # copies, and a feature's gradient arrives in one piece (split backward) instead of M
+        # accumulations. Same operations as the official code, summed in a different order.
+        slope, c, m = self.negative_slope, self.channels, self.m_blocks
+        use_fusion = need_phi and self.fusion is not None
+        w_dense = [self.dense[j].weight.flatten(1) for j in range(m - 1)]
+        w_fusion = self.fusion.weight.flatten(1) if use_fusion else None
+        acc: list[torch.Tensor | None] = [None] * (m - 1)   # pre-activation of dense conv j
+        fus: list[torch.Tensor | None] = [None]
+
+        def contribute(feat: torch.Tensor, i: int) -> None:
+            # feats[i] is input slot i of dense conv j for every j >= i-1, and slot i-1 of the fusion conv
+            targets = range(max(0, i - 1), m - 1)
+            rows = [w_dense[j][:, i * c:(i + 1) * c] for j in targets]
+            if use_fusion and i >= 1:
+                rows.append(w_fusion[:, (i - 1) * c:i * c])
+            if not rows:
+                return
+            w = torch.cat(rows, 0)
+            chunks = F.conv2d(feat, w.view(w.shape[0], c, 1, 1)).split(c, 1)
+            for chunk, j in zip(chunks, targets):
+                acc[j] = chunk if acc[j] is None else acc[j] + chunk
+            if use_fusion and i >= 1:
+                fus[0] = chunks[-1] if fus[0] is None else fus[0] + chunks[-1]
+
+        contribute(x, 0)
         h = x
         u = x
         for j, block in enumerate(self.blocks):
             u = block(self._block_input(h, phi))
-            feats.append(u)
-            if j < self.m_blocks - 1:
-                h = F.leaky_relu(self.dense[j](torch.cat(feats, 1)), slope)
+            contribute(u, j + 1)
+            if j < m - 1:  # acc[j] now holds all inputs 0..j+1
+                h = F.leaky_relu(acc[j] + self.dense[j].bias.view(1, -1, 1, 1), slope)
+                acc[j] = None
         phi_new = None
-        if need_phi and self.fusion is not None:
-            phi_new = F.leaky_relu(self.fusion(torch.cat(feats[1:], 1)), slope)
+        if use_fusion:
+            phi_new = F.leaky_relu(fus[0] + self.fusion.bias.view(1, -1, 1, 1), slope)
         return u, phi_new
 
     def _forward_buffer(self, x, phi, need_phi):

@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from derainkit.knn.patches import extract_patches, fold_patches, patch_grid
+from derainkit.knn.search import Window, knn
 from derainkit.models.msgnn.blocks import DenseResidual, conv3x3
 from derainkit.models.msgnn.config import MSGNNConfig
 
@@ -143,14 +144,12 @@ class GraphModule(nn.Module):
         self.branches = nn.ModuleDict({name: GraphBranch(cfg, values.get(name)) for name in self.branch_names})
 
     # ------------------------------------------------------------------ helpers
-    def _window(self, branch: str):
-        from derainkit.knn.search import Window
+    def _window(self, branch: str) -> Window | None:
         if self.cfg.window_rule == "global":
             return None
         return Window(size=self.cfg.window_size, rule=self.cfg.window_rule, scale=BRANCH_SCALE[branch])
 
     def _search(self, branch: str, qp: torch.Tensor, q_grid, xp: torch.Tensor, x_grid) -> tuple[torch.Tensor, torch.Tensor]:
-        from derainkit.knn.search import knn
         cfg = self.cfg
         k = cfg.k
         n_cand = x_grid[0] * x_grid[1]

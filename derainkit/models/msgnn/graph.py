@@ -25,6 +25,12 @@ What this implementation changes against the official code, without changing out
   weight net on the averaged maps) is kept.
 * The search (and, in the code variant, the edge features) runs under ``torch.no_grad()``; only the
   windowed candidates are scored (the official training path built the full m×n matrix first).
+* Neighbours are ranked by exactly recomputed squared distances (see ``derainkit.knn``); the official
+  GEMM form can order float near-ties (distances equal to ~1e-7) differently.
+
+Not replicated: the official window-index cache is keyed without the scale, so two branches whose
+database grids have the same shape but different scales would share one window (never the case for
+the official inputs, e.g. an exemplar half the size of O); here each branch always uses its own scale.
 """
 from __future__ import annotations
 

@@ -364,15 +364,14 @@ def _smallest(D: Tensor, kq: int) -> tuple[Tensor, Tensor]:
 
 
 def _select(D: Tensor, k: int, qrows: Tensor, qn: Tensor, tol: Tensor, cand_flat: Tensor,
-            lut: Tensor | None, nq: int, budget: int, defer: list | None = None) -> tuple[Tensor, Tensor]:
+            lut: Tensor | None, nq: int, budget: int) -> tuple[Tensor, Tensor]:
     """Exact top-k of each row of a distance block.
 
     D: R×U GEMM-form values g = ‖x‖² − 2 q·x, +inf where a query may not look (outside its window).
     qrows R×e queries, qn R their squared norms, tol R bounds on |g − (δ − ‖q‖²)| (δ = direct Σ(q−x)²).
     cand_flat: candidates N×e. lut: None if D's column u is candidate u; else (R/nq)×U, the candidate
     (row of cand_flat) behind column u for each group of nq consecutive rows.
-    Returns (δ R×k, candidate rows R×k) sorted by (δ, candidate row). With `defer` (a list), rows that need
-    the exact fallback are not fixed here: (rows, thresholds) is appended to it for the caller to redo.
+    Returns (δ R×k, candidate rows R×k) sorted by (δ, candidate row).
     """
     R, U = D.shape
     e = qrows.shape[1]
@@ -395,9 +394,6 @@ def _select(D: Tensor, k: int, qrows: Tensor, qn: Tensor, tol: Tensor, cand_flat
         return d, win
     rows = need.nonzero().squeeze(1)
     thr = d[rows, k - 1] - qn[rows] + tol[rows]
-    if defer is not None:
-        defer.append((rows, thr))
-        return d, win
     # every candidate that could belong to the answer has g <= thr: re-rank them all exactly
     step = max(1, budget // max(1, 24 * U))
     for s0 in range(0, rows.numel(), step):
@@ -443,28 +439,40 @@ def _global_torch(q: Tensor, x: Tensor, k: int, budget: int) -> tuple[Tensor, Te
         return _global_torch_chunked(q, x, xn, qn, tol, k, budget)
     block = budget if q.device.type == "cuda" else min(budget, _GLOBAL_BLOCK_BYTES_CPU)
     rows = max(1, min(m, block // (n * el)))
-    out_d = torch.empty(m, k, dtype=q.dtype, device=q.device)
-    out_i = torch.empty(m, k, dtype=torch.int64, device=q.device)
-    pending_rows: list[Tensor] = []
-    pending_thr: list[Tensor] = []
+    kq = min(n, k + 1)
     if _use_onednn(q, u_gemm):
-        # g = (−2q)·x + ‖x‖² in one fused oneDNN call; scaling by −2 is exact, and scaling the query chunk
-        # (not x) avoids a copy of all candidates
-        gemm = lambda qc: _linear(qc * -2.0, x, xn)  # noqa: E731
+        # g = (−2q)·x + ‖x‖² in one fused oneDNN call; scaling by −2 is exact, and scaling the queries
+        # (not x) keeps the extra copy small
+        qm2 = q * -2.0
+        gemm = lambda r0, r1: _linear(qm2[r0:r1], x, xn)  # noqa: E731
     else:
         buf = torch.empty(rows, n, dtype=q.dtype, device=q.device)  # reused: no page faults per block
         xt, xn_row = x.t(), xn.unsqueeze(0)
-        gemm = lambda qc: torch.addmm(xn_row, qc, xt, beta=1.0, alpha=-2.0, out=buf[: qc.shape[0]])  # noqa: E731
+        gemm = lambda r0, r1: torch.addmm(xn_row, q[r0:r1], xt, beta=1.0, alpha=-2.0,  # noqa: E731
+                                          out=buf[: r1 - r0])
+    # pass 1: GEMM + selection per block of queries; only the k winners and the (k+1)-th value are kept
+    win = torch.empty(m, k, dtype=torch.int64, device=q.device)
+    nxt = torch.full((m,), math.inf, dtype=q.dtype, device=q.device)
     for r0 in range(0, m, rows):
         r1 = min(m, r0 + rows)
-        D = gemm(q[r0:r1])
-        deferred: list = []
-        out_d[r0:r1], out_i[r0:r1] = _select(D, k, q[r0:r1], qn[r0:r1], tol[r0:r1], x, None, 1, budget, deferred)
-        for rows_fb, thr in deferred:
-            pending_rows.append(rows_fb + r0)
-            pending_thr.append(thr)
-    if pending_rows:  # near-ties: redo those few queries together, exactly
-        rows_fb, thr = torch.cat(pending_rows), torch.cat(pending_thr)
+        v, u = _smallest(gemm(r0, r1), kq)
+        win[r0:r1] = u[:, :k]
+        if kq > k:
+            nxt[r0:r1] = v[:, k]
+    # pass 2, in few large ops: exact distances of the winners, (dist, idx) order, completeness check
+    out_d = torch.empty(m, k, dtype=q.dtype, device=q.device)
+    out_i = torch.empty(m, k, dtype=torch.int64, device=q.device)
+    step = max(1, budget // (2 * k * e * el))
+    for r0 in range(0, m, step):
+        r1 = min(m, r0 + step)
+        xs = x.index_select(0, win[r0:r1].reshape(-1)).view(r1 - r0, k, e)
+        d = xs.sub_(q[r0:r1, None, :]).square_().sum(-1)
+        out_d[r0:r1], out_i[r0:r1] = _lexsort_rows(d, win[r0:r1])
+    # a candidate outside the winners has g >= the (k+1)-th value, so δ >= nxt + ‖q‖² − tol
+    need = nxt + qn - tol <= out_d[:, k - 1]
+    if bool(need.any()):  # near-ties: redo those few queries together, exactly
+        rows_fb = need.nonzero().squeeze(1)
+        thr = out_d[rows_fb, k - 1] - qn[rows_fb] + tol[rows_fb]
         out_d[rows_fb], out_i[rows_fb] = _global_fallback(q[rows_fb], x, xn, thr, k, budget)
     return out_d, out_i
 

@@ -49,8 +49,8 @@ def test_patch_grid(h, w, l, s, grid):
     assert patch_grid(h, w, l, s) == grid
 
 
-@pytest.mark.parametrize("h,w,l,s", [(7, 8, 3, 3), (64, 64, 3, 3), (30, 38, 3, 3), (9, 11, 3, 2), (12, 10, 5, 3),
-                                     (6, 7, 2, 1), (5, 5, 3, 4)])
+@pytest.mark.parametrize("h,w,l,s", [(7, 8, 3, 3), (64, 64, 3, 3), (30, 38, 3, 3), (321, 481, 3, 3),
+                                     (9, 11, 3, 2), (12, 10, 5, 3), (6, 7, 2, 1), (5, 5, 3, 4)])
 def test_extract_matches_manual_loop(h, w, l, s):
     torch.manual_seed(h * 100 + w)
     x = torch.randn(2, 3, h, w)

@@ -462,7 +462,7 @@ def _global_torch(q: Tensor, x: Tensor, k: int, budget: int) -> tuple[Tensor, Te
     # pass 2, in few large ops: exact distances of the winners, (dist, idx) order, completeness check
     out_d = torch.empty(m, k, dtype=q.dtype, device=q.device)
     out_i = torch.empty(m, k, dtype=torch.int64, device=q.device)
-    step = max(1, budget // (2 * k * e * el))
+    step = max(1, block // (k * e * el))  # gathered winners: one block's worth of memory
     for r0 in range(0, m, step):
         r1 = min(m, r0 + step)
         xs = x.index_select(0, win[r0:r1].reshape(-1)).view(r1 - r0, k, e)

@@ -38,16 +38,22 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         names = [n for n in names if n in wanted]
     args.out.mkdir(parents=True, exist_ok=True)
-    sections = [f"# Benchmarks\n\ncommit `{git_commit()}`, device {device_name()}"
-                + (" — QUICK run, not for reporting" if args.quick else "") + "\n"]
+    suffix = "-quick" if args.quick else ""
     for name in names:
         mod = importlib.import_module(f"bench.{name}")
         t0 = time.perf_counter()
         print(f"== {name}", flush=True)
         paths = mod.run(args.out, args.quick)
-        sections.append(mod.summarize(paths))
+        # each module's section carries the commit and device of its own run, so a partial rerun
+        # (--only) refreshes its section and keeps the others
+        header = f"<!-- {name}: commit {git_commit()}, device {device_name()} -->\n"
+        (args.out / f"{name}{suffix}.md").write_text(header + mod.summarize(paths) + "\n")
         print(f"   {name}: {time.perf_counter() - t0:.1f} s -> {[str(p) for p in paths]}", flush=True)
-    summary = args.out / ("SUMMARY-quick.md" if args.quick else "SUMMARY.md")
+    sections = ["# Benchmarks" + (" (QUICK run, not for reporting)" if args.quick else "") + "\n\n"
+                "Each section names the commit and device it was measured at (HTML comment above it)."]
+    sections += [p.read_text() for p in sorted(args.out.glob(f"bench_*{suffix}.md"))
+                 if args.quick or not p.stem.endswith("-quick")]
+    summary = args.out / f"SUMMARY{suffix}.md"
     summary.write_text("\n\n".join(sections) + "\n")
     print(f"wrote {summary}")
     return 0

@@ -8,13 +8,13 @@ recorded: on a shared machine it moves the timings a lot.
 """
 from __future__ import annotations
 
-import os
 import statistics
 from pathlib import Path
 
 import torch
 
-from bench.common import device_name, peak_rss_in_subprocess, time_it, write_csv
+from bench.common import (device_name, loadavg, peak_extra_mb, peak_rss_in_subprocess, reset_peak_rss, status_kb,
+                          time_it, write_csv)
 
 E, K = 288, 5
 SIZES_FULL = [4096, 16384]
@@ -55,53 +55,12 @@ def _mem_target(method: str, m: int, n: int, phase: str, prepared=None):
     if phase == "prepare":
         q, x = _inputs(m, n)
         _run_method(method, q[:64], x[:256])  # load libraries / thread pools outside the measured phase
-        _reset_peak_rss()
-        return q, x, _status_kb("VmRSS")
+        reset_peak_rss()
+        return q, x, status_kb("VmRSS")
     q, x, rss0 = prepared
     _run_method(method, q, x)
-    hwm = _status_kb("VmHWM")
+    hwm = status_kb("VmHWM")
     return None if hwm is None or rss0 is None else (hwm - rss0) / 1024
-
-
-def _reset_peak_rss() -> None:
-    """Return freed heap memory to the OS (glibc), then restart the kernel's peak-RSS mark (VmHWM), so the
-    measured phase cannot hide its allocations in memory the prepare phase freed (Linux; no-op elsewhere)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _peak_extra_mb(out: dict) -> float:
-    """Peak extra MB of a peak_rss_in_subprocess result: the run phase's own VmHWM − VmRSS measurement when
-    available (ru_maxrss can keep a higher mark from start-up threads), else the harness's figure."""
-    res = out.get("result")
-    return float(res) if res is not None else float(out["rss_extra_mb"])
-
-
-def _loadavg() -> str:
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return ""
 
 
 def run(out_dir: Path, quick: bool) -> list[Path]:
@@ -113,7 +72,7 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
     for size in (SIZES_QUICK if quick else SIZES_FULL):
         m = n = size
         q, x = _inputs(m, n)
-        load_before = _loadavg()
+        load_before = loadavg()
         results = {meth: _run_method(meth, q, x) for meth in methods}  # also the warm-up call
         times: dict[str, list[float]] = {meth: [] for meth in methods}
         for _ in range(rounds):
@@ -123,7 +82,7 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
         ours = results["derainkit"].sort(1).values
         for meth in methods:
             try:
-                mem = _peak_extra_mb(peak_rss_in_subprocess(_mem_target, meth, m, n))
+                mem = peak_extra_mb(peak_rss_in_subprocess(_mem_target, meth, m, n))
             except RuntimeError as exc:  # report, keep the timing row
                 print(f"   peak memory of {meth} failed: {exc}")
                 mem = float("nan")
@@ -135,7 +94,7 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
                 "ratio_vs_cdist": round(secs[meth] / secs["cdist+topk"], 3),
                 "peak_extra_mb": round(mem, 1), "agreement": round(agree, 6),
                 "timing": f"median of {rounds} interleaved rounds",
-                "loadavg_1m_before": load_before, "loadavg_1m_after": _loadavg(),
+                "loadavg_1m_before": load_before, "loadavg_1m_after": loadavg(),
                 "device": device_name("cpu"),
             })
             print(f"   {rows[-1]['case']} {meth}: {secs[meth]:.3f} s, {mem:.0f} MB, agreement {agree:.4f}",

@@ -16,7 +16,6 @@ the timings a lot.
 """
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from pathlib import Path
@@ -24,7 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from bench.common import device_name, peak_rss_in_subprocess, time_it, write_csv
+from bench.common import (device_name, loadavg, peak_extra_mb, peak_rss_in_subprocess, reset_peak_rss, status_kb,
+                          time_it, write_csv)
 
 C, L, S_, K, WIN = 32, 3, 3, 5, 30
 SIZES_FULL = [256, 512, 1024]
@@ -108,56 +108,15 @@ def _mem_target(method: str, size: int, rule: str, scale: int, subset: bool, pha
         _ours(q2, x2, qg2, cg2, window)
         gather_knn(q2, x2, K, qg2, cg2, window)
         del q2, x2
-        _reset_peak_rss()
-        return q, x, qg, cg, _status_kb("VmRSS")
+        reset_peak_rss()
+        return q, x, qg, cg, status_kb("VmRSS")
     q, x, qg, cg, rss0 = prepared
     if method == "derainkit":
         _ours(q, x, qg, cg, window)
     else:
         gather_knn(q, x, K, qg, cg, window, rows=_band(qg) if subset else None)
-    hwm = _status_kb("VmHWM")
+    hwm = status_kb("VmHWM")
     return None if hwm is None or rss0 is None else (hwm - rss0) / 1024
-
-
-def _reset_peak_rss() -> None:
-    """Return freed heap memory to the OS (glibc), then restart the kernel's peak-RSS mark (VmHWM), so the
-    measured phase cannot hide its allocations in memory the prepare phase freed (Linux; no-op elsewhere)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _peak_extra_mb(out: dict) -> float:
-    """Peak extra MB of a peak_rss_in_subprocess result: the run phase's own VmHWM − VmRSS measurement when
-    available (ru_maxrss can keep a higher mark from start-up threads), else the harness's figure."""
-    res = out.get("result")
-    return float(res) if res is not None else float(out["rss_extra_mb"])
-
-
-def _loadavg() -> str:
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return ""
 
 
 def run(out_dir: Path, quick: bool) -> list[Path]:
@@ -175,7 +134,7 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
             m = q.shape[1]
             subset = size > GATHER_SUBSET_ABOVE
             band = _band(qg) if subset else None
-            load_before = _loadavg()
+            load_before = loadavg()
             ours_idx = _ours(q, x, qg, cg, window)  # warm-up
             # interleaved rounds (ours, gather, ours, gather, ...): load changes hit both alike
             t_o, t_g, g_idx = [], [], None
@@ -198,14 +157,14 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
                 try:
                     # the gather's peak is its full I plus one chunk: the row band shows it at a fraction of the time
                     sub = subset if meth == "derainkit" else True
-                    mem[meth] = _peak_extra_mb(peak_rss_in_subprocess(_mem_target, meth, size, rule, scale, sub))
+                    mem[meth] = peak_extra_mb(peak_rss_in_subprocess(_mem_target, meth, size, rule, scale, sub))
                 except RuntimeError as exc:
                     print(f"   peak memory of {meth} failed: {exc}")
                     mem[meth] = float("nan")
             common = {"feature_map": f"{size}x{size}x{C}", "size": size, "query_grid": f"{qg[0]}x{qg[1]}",
                       "cand_grid": f"{cg[0]}x{cg[1]}", "rule": rule, "scale": scale, "window": WIN, "k": K,
                       "e": q.shape[2], "m": m}
-            load_after = _loadavg()
+            load_after = loadavg()
             for meth, secs in (("derainkit", t_ours[size]), ("gather", t_gather[size])):
                 rows.append({**common, "method": meth, "seconds": round(secs, 4),
                              "speedup_vs_gather": round(t_gather[size] / secs, 2),

@@ -75,6 +75,49 @@ def peak_rss_in_subprocess(target: Callable[..., Any], *args: Any, timeout: floa
     return out
 
 
+def reset_peak_rss() -> None:
+    """Return freed heap memory to the OS (glibc), then restart the kernel's peak-RSS mark (VmHWM), so a
+    measured phase cannot hide its allocations in memory an earlier phase freed (Linux; no-op elsewhere)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def status_kb(field: str) -> int | None:
+    """A field of /proc/self/status in kB (VmRSS, VmHWM), or None where there is no procfs."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def peak_extra_mb(out: dict) -> float:
+    """Peak extra MB of a peak_rss_in_subprocess result: the run phase's own VmHWM − VmRSS measurement when
+    the target returned one (ru_maxrss can keep a higher mark from start-up), else the harness's figure."""
+    res = out.get("result")
+    return float(res) if res is not None else float(out["rss_extra_mb"])
+
+
+def loadavg() -> str:
+    """The 1-minute load average, recorded beside timings taken on a possibly shared machine."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return ""
+
+
 def write_csv(path: Path, rows: Iterable[dict]) -> Path:
     """Write rows (dicts) to CSV, adding commit, device-independent provenance columns."""
     rows = list(rows)

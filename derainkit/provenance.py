@@ -14,12 +14,13 @@ _REPO = Path(__file__).resolve().parent.parent
 
 
 def git_commit(short: bool = True) -> str:
-    """The kit's git commit, with ``-dirty`` when tracked files differ; ``unknown`` outside a checkout."""
+    """The kit's git commit, with ``-dirty`` when tracked code differs (results/ aside); ``unknown`` outside a checkout."""
     try:
         args = ["git", "rev-parse", "--short" if short else "--verify", "HEAD"]
         commit = subprocess.run(args, capture_output=True, text=True, check=True, cwd=_REPO).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=_REPO).stdout.strip()
+        # results/ is output, not code: writing a result must not mark the code that made it dirty
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
+                               capture_output=True, text=True, cwd=_REPO).stdout.strip()
         return commit + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

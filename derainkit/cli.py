@@ -40,25 +40,12 @@ def _predictor(args: argparse.Namespace):
                            overlap=args.overlap, blend=args.blend)
 
 
-def resolve_data(spec: str | Path) -> Path:
-    """A data folder, or ``embedded[:train|test]`` for the kit's built-in synthetic set."""
-    text = str(spec)
-    if text == "embedded" or text.startswith("embedded:"):
-        from derainkit.data import embedded_root
-
-        split = text.partition(":")[2] or "test"
-        if split not in ("train", "test"):
-            raise DerainkitError(f"--data {text}: the embedded set has splits 'train' and 'test'")
-        return embedded_root(split)
-    return Path(spec)
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from derainkit.data import discover_pairs
+    from derainkit.data import discover_pairs, resolve_data_path
     from derainkit.metrics.evaluate import evaluate
     from derainkit.data import file_sha256
 
-    args.data = resolve_data(args.data)
+    args.data = resolve_data_path(args.data)
     pairs = discover_pairs(args.data, layout=args.layout)
     if args.limit:
         pairs = pairs[: args.limit]

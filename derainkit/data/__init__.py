@@ -5,7 +5,7 @@
     digest = write_manifest(pairs, "manifest.csv")         # sha256 keying results to these files
     root = embedded_root("test")                           # built-in set, no download
 """
-from derainkit.data.embedded import build_embedded, embedded_info, embedded_root
+from derainkit.data.embedded import build_embedded, embedded_info, embedded_root, resolve_data_path
 from derainkit.data.layouts import (CLEAN_SIDES, LAYOUTS, Pair, detect_layout, discover_pairs, image_size,
                                     load_pair, natural_key)
 from derainkit.data.manifest import file_sha256, manifest_digest, manifest_rows, read_manifest, write_manifest
@@ -16,5 +16,5 @@ __all__ = [
     "CLEAN_SIDES", "LAYOUTS", "PRESETS", "Pair", "RainParams", "add_rain", "build_embedded", "cache_dir",
     "data_root", "detect_layout", "discover_pairs", "embedded_info", "embedded_root", "file_sha256",
     "image_size", "load_pair", "make_paired_dataset", "manifest_digest", "manifest_rows", "natural_key",
-    "rain_layer", "read_manifest", "write_manifest",
+    "rain_layer", "read_manifest", "resolve_data_path", "write_manifest",
 ]

@@ -234,3 +234,14 @@ def embedded_root(split: str = "test") -> Path:
 def embedded_info() -> dict:
     """The metadata of the embedded set (version key, rain parameters, crop boxes, per-split digests)."""
     return json.loads((build_embedded() / _MARKER).read_text())
+
+
+def resolve_data_path(spec: str | os.PathLike) -> Path:
+    """A data folder, or ``embedded:train`` / ``embedded:test`` (``embedded`` alone: test) for the built-in set."""
+    text = str(spec)
+    if text == "embedded" or text.startswith("embedded:"):
+        split = text.partition(":")[2] or "test"
+        if split not in ("train", "test"):
+            raise DatasetError(f"{text}: the embedded set has splits 'train' and 'test'")
+        return embedded_root(split)
+    return Path(text).expanduser()

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from derainkit.data import Pair, discover_pairs, load_pair
+from derainkit.data import Pair, discover_pairs, load_pair, resolve_data_path
 from derainkit.errors import ConfigError, DatasetError
 from derainkit.train.config import EXEMPLAR_POLICIES
 
@@ -50,19 +50,6 @@ _TAG_PERMUTATION = 1
 _TAG_SAMPLE = 2
 THUMB = 16  # retrieval thumbnail side
 HIST_BINS = 8  # retrieval histogram bins per channel
-
-
-def resolve_data_path(spec: str | os.PathLike) -> Path:
-    """A data folder, or ``embedded:train`` / ``embedded:test`` (``embedded`` alone: test) for the built-in set."""
-    text = str(spec)
-    if text == "embedded" or text.startswith("embedded:"):
-        from derainkit.data import embedded_root
-
-        split = text.partition(":")[2] or "test"
-        if split not in ("train", "test"):
-            raise DatasetError(f"{text}: the embedded set has splits 'train' and 'test'")
-        return embedded_root(split)
-    return Path(text).expanduser()
 
 
 @dataclass

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from derainkit.fsutil import atomic_path
 from derainkit.provenance import device_name, git_commit  # noqa: F401  (re-exported for bench modules)
 
 
@@ -121,7 +122,6 @@ def loadavg() -> str:
 def write_csv(path: Path, rows: Iterable[dict]) -> Path:
     """Write rows (dicts) to CSV, adding commit, device-independent provenance columns."""
     rows = list(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
     commit = git_commit()
     fields: list[str] = []
     for row in rows:
@@ -131,10 +131,8 @@ def write_csv(path: Path, rows: Iterable[dict]) -> Path:
         for key in row:
             if key not in fields:
                 fields.append(key)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
     return path

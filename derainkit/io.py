@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from derainkit.errors import ImageReadError
+from derainkit.fsutil import atomic_write_bytes
 
 PathLike = Union[str, os.PathLike]
 
@@ -152,14 +153,10 @@ def write_image(path: PathLike, pixels: np.ndarray, bit_depth: int = 8) -> Path:
     elif arr.ndim != 2:
         raise ValueError(f"expected H×W×3 or H×W pixels, got shape {arr.shape}")
     q = to_uint(arr, bit_depth)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ok, buf = cv2.imencode(suffix, np.ascontiguousarray(q))
     if not ok:
         raise OSError(f"{path}: encoding failed")
-    tmp = path.with_name(f".{path.name}.tmp")
-    buf.tofile(tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_bytes(path, buf.tobytes())
 
 
 def image_to_tensor(pixels: np.ndarray):

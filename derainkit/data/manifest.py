@@ -21,6 +21,7 @@ from typing import Sequence, Union
 
 from derainkit.data.layouts import Pair, image_size
 from derainkit.errors import DatasetError
+from derainkit.fsutil import atomic_write_text
 
 PathLike = Union[str, os.PathLike]
 
@@ -98,11 +99,7 @@ def manifest_digest(pairs: Sequence[Pair]) -> str:
 def write_manifest(pairs: Sequence[Pair], path: PathLike) -> str:
     """Write the manifest CSV (atomically: temp file, then rename) and return its digest."""
     text = manifest_text(pairs)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(text.encode("utf-8"))
-    os.replace(tmp, path)
+    atomic_write_text(path, text)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 

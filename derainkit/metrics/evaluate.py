@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 
 from derainkit.data import Pair, load_pair, write_manifest
 from derainkit.errors import DatasetError
+from derainkit.fsutil import atomic_write_text
 from derainkit.io import write_image
 from derainkit.metrics.protocols import PROTOCOLS, Quantize, get_protocol, score
 from derainkit.provenance import provenance
@@ -49,12 +49,6 @@ class EvaluationResult:
 def _mean(values: Sequence[float]) -> float:
     finite = [v for v in values if math.isfinite(v)]
     return float(np.mean(finite)) if finite else float("nan")
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def evaluate(pairs: Sequence[Pair], predict: PredictFn | None, out_dir: str | Path,
@@ -136,12 +130,12 @@ def evaluate(pairs: Sequence[Pair], predict: PredictFn | None, out_dir: str | Pa
         **(meta or {}),
         "provenance": provenance(device),
     }
-    _atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     result = EvaluationResult(out_dir, len(rows), means, summary)
     md = [f"# Evaluation: {summary.get('model', 'input images')} on {data_root or 'pairs'}", "",
           f"{len(rows)} images; float outputs quantised by `{quantize}` for uint8 protocols; "
           f"commit `{summary['provenance']['commit']}`, device {summary['provenance']['device']}.", "",
           result.table(), "", "Protocols:"]
     md += [f"- `{p}`: {d}" for p, d in summary["protocols"].items()]
-    _atomic_write_text(out_dir / "summary.md", "\n".join(md) + "\n")
+    atomic_write_text(out_dir / "summary.md", "\n".join(md) + "\n")
     return result

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from derainkit.errors import CheckpointError
+from derainkit.fsutil import atomic_path
 
 FORMAT = "derainkit-train-checkpoint"
 VERSION = 1
@@ -30,57 +31,25 @@ METADATA_KEY = "derainkit"  # safetensors metadata entry holding our JSON
 
 
 # ---------------------------------------------------------------------------------------------------
-# atomic file writes
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return  # not supported (e.g. Windows): the rename itself is still atomic
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
+# atomic file writes: derainkit.fsutil
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to ``path`` atomically: temp file in the same folder, fsync, ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path, durable=True) as tmp:
         with open(tmp, "wb") as fh:
             torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
+    return Path(path)
 
 
 def _atomic_link_or_copy(src: Path, dst: Path) -> None:
     """Make ``dst`` hold ``src``'s bytes, atomically: a hard link when possible (no second write)."""
-    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    try:
+    with atomic_path(dst, durable=True) as tmp:
         try:
             os.link(src, tmp)
         except OSError:
             import shutil
 
             shutil.copyfile(src, tmp)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(dst.parent)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -241,19 +210,11 @@ def export_safetensors(model: nn.Module, path: str | Path, metadata: Mapping[str
     # Own contiguous copies: safetensors refuses tensors that share storage.
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in unwrap_model(model).state_dict().items()}
     text = json.dumps(dict(metadata), sort_keys=True, default=str)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path, durable=True) as tmp:
         save_file(tensors, str(tmp), metadata={METADATA_KEY: text, "format": "pt"})
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # safetensors creates 0600 files; make it like any other output
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
     return path
 
 

@@ -49,6 +49,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from derainkit.errors import CheckpointError, ConfigError, DatasetError, DerainkitError
+from derainkit.fsutil import atomic_path, atomic_write_text
 from derainkit.losses import get_loss
 from derainkit.train.checkpoint import (
     LATEST,
@@ -193,12 +194,6 @@ def _seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 # ---------------------------------------------------------------------------------------------------
 # validation
 
@@ -271,12 +266,10 @@ def _prepare_log(path: Path, columns: list[str], resume_iteration: int) -> None:
     if resume_iteration > 0 and path.is_file():
         with open(path, newline="") as fh:
             rows = [r for r in csv.DictReader(fh) if r.get("iteration") and int(r["iteration"]) <= resume_iteration]
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=columns, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    os.replace(tmp, path)
 
 
 def _append_log(path: Path, columns: list[str], row: dict) -> None:
@@ -559,12 +552,12 @@ class _Run:
 
         cfg = self.cfg
         header = f"# derainkit run config {self.hash} (RunConfig.from_file reads this file)\n"
-        _atomic_text(run_dir / "config.yaml", header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write_text(run_dir / "config.yaml", header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         digest = write_manifest(data.pairs, run_dir / "train_manifest.csv") \
             if all(p.layout != "memory" for p in data.pairs) else None
         report = sampler.exemplar_report()
         report["model_uses_exemplar"] = uses_exemplar
-        _atomic_text(run_dir / "exemplars.json", json.dumps(report, indent=1) + "\n")
+        atomic_write_text(run_dir / "exemplars.json", json.dumps(report, indent=1) + "\n")
         entry = {**provenance(self.device), "start_iteration": start, "total_iterations": total,
                  "train_pairs": len(data), "train_root": str(data.root), "train_manifest_sha256": digest,
                  "world_size": self.d.world, "precision": self.precision, "notes": list(self.notes),
@@ -577,7 +570,7 @@ class _Run:
                 history = json.loads(prov_path.read_text()).get("starts", [])
             except (json.JSONDecodeError, AttributeError):
                 history = []
-        _atomic_text(prov_path, json.dumps({"config_hash": self.hash, "starts": history + [entry]}, indent=1,
+        atomic_write_text(prov_path, json.dumps({"config_hash": self.hash, "starts": history + [entry]}, indent=1,
                                            default=str) + "\n")
 
     def _write_status(self, run_dir: Path, done: int, total: int, metrics: dict, input_metrics: dict,
@@ -586,4 +579,4 @@ class _Run:
                   "finished": done >= total, "metrics": metrics, "input_metrics": input_metrics,
                   "weights": str(weights) if weights else None, "precision": self.precision,
                   "device": str(self.device), "world_size": self.d.world, "notes": self.notes}
-        _atomic_text(run_dir / "run.json", json.dumps(status, indent=1, default=str) + "\n")
+        atomic_write_text(run_dir / "run.json", json.dumps(status, indent=1, default=str) + "\n")

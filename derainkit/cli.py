@@ -40,6 +40,16 @@ def _predictor(args: argparse.Namespace):
                            overlap=args.overlap, blend=args.blend)
 
 
+def _naming(path: Path, fn):
+    """Run fn(); a DerainkitError from inside (e.g. an image too small for the model) gets the file's name."""
+    try:
+        return fn()
+    except DerainkitError as exc:
+        if str(path) in str(exc):
+            raise
+        raise type(exc)(f"{path}: {exc}") from None
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from derainkit.data import discover_pairs, resolve_data_path
     from derainkit.metrics.evaluate import evaluate
@@ -60,7 +70,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         device = str(predictor.device)
 
         def predict(rainy, pair):
-            out, plan = predictor(rainy)
+            out, plan = _naming(pair.rainy, lambda: predictor(rainy))
             return out, {"tiling": plan.to_dict()}
     else:
         predict, quantize, device = None, ("round" if args.quantize == "auto" else args.quantize), "cpu"
@@ -95,7 +105,7 @@ def cmd_derain(args: argparse.Namespace) -> int:
     records = []
     for path, target in tqdm(jobs, desc="derain", unit="img", disable=len(jobs) == 1):
         img = load_image(path)
-        out, plan = predictor(img.pixels, progress=True)
+        out, plan = _naming(path, lambda: predictor(img.pixels, progress=True))
         depth = img.bit_depth if args.bit_depth == "auto" else int(args.bit_depth)
         write_image(target, out, bit_depth=depth)
         records.append({"input": str(path), "output": str(target), "height": out.shape[0], "width": out.shape[1],

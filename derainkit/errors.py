@@ -25,3 +25,7 @@ class ConfigError(DerainkitError):
 
 class CheckpointError(DerainkitError):
     """A weights/checkpoint file cannot be loaded into the requested model."""
+
+
+class InputSizeError(DerainkitError):
+    """An image (or training crop) is smaller than the model can process, e.g. than one graph patch."""

@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from derainkit.errors import InputSizeError
+from derainkit.knn.patches import patch_grid
 from derainkit.models.msgnn.blocks import ConvPair, SubNetwork, conv3x3
 from derainkit.models.msgnn.config import MSGNNConfig
 from derainkit.models.msgnn.graph import BranchResult, GraphModule, ValueNet
@@ -81,6 +83,8 @@ class MSGNN(nn.Module):
             shape = tuple(rainy.shape) if isinstance(rainy, torch.Tensor) else type(rainy).__name__
             raise ValueError(f"MSGNN expects a b×3×H×W image tensor, got {shape}")
         cfg = self.cfg
+        self.check_input_size(rainy.shape[-2], rainy.shape[-1],
+                              None if exemplar is None else tuple(exemplar.shape[-2:]))
         rainy, half, quarter, exemplar = (self._layout(t) for t in (rainy, half, quarter, exemplar))
         if self.graph is None:
             return rainy, None, None, None
@@ -96,6 +100,54 @@ class MSGNN(nn.Module):
                 raise ValueError(f"exemplar must be b×3×He×We with the batch size of the input "
                                  f"({rainy.shape[0]}), got {tuple(exemplar.shape)}")
         return rainy, half, quarter, exemplar
+
+    # ------------------------------------------------------------------ input size
+    def _size_problem(self, h: int, w: int, exemplar_hw: tuple[int, int] | None = None) -> str | None:
+        """Why an h×w input cannot be processed (None when it can). Mirrors the checks in pyr_down and
+        the graph search, without running either."""
+        cfg = self.cfg
+        if self.graph is None:
+            return None
+        dbs: list[tuple[str, int, int]] = [("scale1", h, w)]
+        hh, ww = h, w
+        for scale in (2, 4):
+            if scale == 2 and not (2 in cfg.scales or 4 in cfg.scales):
+                break
+            if scale == 4 and 4 not in cfg.scales:
+                break
+            if hh < 3 or ww < 3:
+                level = "input" if scale == 2 else "×½ level"
+                return f"a pyramid step needs at least 3×3 px and the {level} is {hh}×{ww}"
+            hh, ww = (hh + 1) // 2, (ww + 1) // 2
+            if scale in cfg.scales:
+                dbs.append((f"scale{scale}", hh, ww))
+        if cfg.exemplar:
+            eh, ew = exemplar_hw if exemplar_hw is not None else (h, w)
+            dbs.append(("exemplar", int(eh), int(ew)))
+        for name, dh, dw in dbs:
+            if name == "scale1" and 1 not in cfg.scales:
+                continue
+            g0, g1 = patch_grid(dh, dw, cfg.patch_size, cfg.stride)
+            n_cand = g0 * g1 if cfg.window_rule == "global" else min(cfg.window_size, g0, g1) ** 2
+            if n_cand < cfg.k:
+                return (f"branch {name!r} sees a {dh}×{dw} image: {g0}×{g1} graph patches "
+                        f"(l={cfg.patch_size}, stride {cfg.stride}), {n_cand} candidates, fewer than k={cfg.k}")
+        return None
+
+    def min_input_side(self) -> int:
+        """Smallest side (px) of a square input this model can process (exemplar the same size)."""
+        side = 1
+        while self._size_problem(side, side) is not None:
+            side += 1
+        return side
+
+    def check_input_size(self, h: int, w: int, exemplar_hw: tuple[int, int] | None = None) -> None:
+        """Raise InputSizeError (a DerainkitError) when an h×w input is too small for this config."""
+        problem = self._size_problem(int(h), int(w), exemplar_hw)
+        if problem is not None:
+            side = self.min_input_side()
+            raise InputSizeError(f"image of {int(h)}×{int(w)} px is too small for this MSGNN: {problem}; "
+                                 f"this config needs at least {side}×{side} px")
 
     # ------------------------------------------------------------------ forward
     def graph_features(self, rainy: torch.Tensor, exemplar: torch.Tensor | None = None, *,

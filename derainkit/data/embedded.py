@@ -237,11 +237,23 @@ def embedded_info() -> dict:
 
 
 def resolve_data_path(spec: str | os.PathLike) -> Path:
-    """A data folder, or ``embedded:train`` / ``embedded:test`` (``embedded`` alone: test) for the built-in set."""
+    """A data folder, ``data:NAME`` for ``<data root>/NAME`` (e.g. ``data:rain100l/test``, see
+    :func:`derainkit.data.paths.data_root`), or ``embedded:train`` / ``embedded:test`` (``embedded``
+    alone: test) for the built-in set."""
     text = str(spec)
     if text == "embedded" or text.startswith("embedded:"):
         split = text.partition(":")[2] or "test"
         if split not in ("train", "test"):
             raise DatasetError(f"{text}: the embedded set has splits 'train' and 'test'")
         return embedded_root(split)
+    if text.startswith("data:"):
+        from derainkit.data.paths import data_root
+
+        name = text.partition(":")[2].strip("/")
+        path = data_root() / name
+        if not path.exists():
+            raise DatasetError(f"{text}: no folder {path} in the data root; fetch it with "
+                               f"`python data_scripts/fetch.py {name.split('/')[0]}` or link a local copy with "
+                               "`python data_scripts/link_shared.py` (or set DERAINKIT_DATA)")
+        return path
     return Path(text).expanduser()

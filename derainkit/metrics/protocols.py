@@ -96,19 +96,19 @@ def ssim_zero_padded(pred: torch.Tensor, target: torch.Tensor, window_size: int 
     """
     if pred.shape != target.shape or pred.dim() != 4:
         raise ValueError(f"expected two b×c×H×W tensors of equal shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
-    c = pred.shape[1]
-    w = _gaussian_window(window_size, sigma).to(dtype=pred.dtype, device=pred.device)
-    w = w.expand(c, 1, window_size, window_size).contiguous()
+    b, c, h, w_ = pred.shape
+    # The 2-D window is the outer product of a 1-D Gaussian and zero padding is separable, so two 1-D
+    # passes over all five maps at once (as single-channel images) give the same 'same'-size blur as
+    # the official depthwise 11×11 conv, several times faster on CPU.
+    g = _gaussian_window(window_size, sigma).sum(dim=1).to(dtype=pred.dtype, device=pred.device)
     pad = window_size // 2
-
-    def blur(x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, w, padding=pad, groups=c)
-
-    mu1, mu2 = blur(pred), blur(target)
+    maps = torch.stack([pred, target, pred * pred, target * target, pred * target]).reshape(5 * b * c, 1, h, w_)
+    blurred = F.conv2d(F.conv2d(maps, g.view(1, 1, -1, 1), padding=(pad, 0)), g.view(1, 1, 1, -1), padding=(0, pad))
+    mu1, mu2, e11, e22, e12 = blurred.reshape(5, b, c, h, w_).unbind(0)
     mu1_sq, mu2_sq, mu12 = mu1 * mu1, mu2 * mu2, mu1 * mu2
-    s1 = blur(pred * pred) - mu1_sq
-    s2 = blur(target * target) - mu2_sq
-    s12 = blur(pred * target) - mu12
+    s1 = e11 - mu1_sq
+    s2 = e22 - mu2_sq
+    s12 = e12 - mu12
     ssim_map = ((2 * mu12 + c1) * (2 * s12 + c2)) / ((mu1_sq + mu2_sq + c1) * (s1 + s2 + c2))
     return ssim_map.mean()
 

@@ -1,0 +1,316 @@
+"""`Lab`: what a notebook calls to get a table's numbers, computing only what the store lacks.
+
+    lab = Lab(Profile(name="smoke"))                       # the notebook's parameters
+    rec = lab.train_eval(model_config={"k": 7})            # train under the profile, score on its test set
+    rec = lab.eval_weights("prenet", "PReNet6_net_latest.pth")
+    rec = lab.eval_input()                                 # the rainy images themselves
+    png = lab.derain_image(rec, "photo.jpg")               # a trained model on one (real) image
+
+Each call is one record in ``<results_dir>/<profile>/runs/`` (see :mod:`derainkit.experiments.store`),
+keyed by what defines it: the run config (with data folders replaced by the sha256 digest of their
+file manifests, so moving the data keeps the key), the test set digest, protocols and image limit.
+Training runs (checkpoints, exported weights) go to ``<results_dir>/<profile>/train/<run hash>/`` and
+resume after an interruption; they are not part of the committed results.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from derainkit.errors import ConfigError, DerainkitError
+from derainkit.experiments.store import Store, spec_key
+
+_RESULTS_ENV = "DERAINKIT_RESULTS"
+
+
+@dataclass
+class Profile:
+    """The knobs a notebook's ``parameters`` cell exposes (defaults: the smoke profile)."""
+
+    name: str = "smoke"
+    results_dir: str = "results"   # $DERAINKIT_RESULTS overrides (CI points it at a scratch folder)
+    train_data: str = "embedded:train"
+    test_data: str = "embedded:test"
+    eval_limit: int = 0            # score only the first N test pairs (0: all)
+    iterations: int = 30
+    crop: int = 48
+    batch: int = 4
+    model_config: dict = field(default_factory=lambda: {"n_subnets": 2, "m_blocks": 1, "channels": 8})
+    run_overrides: dict = field(default_factory=dict)  # any other RunConfig keys (lr, precision, ...)
+    device: str = "auto"
+    protocols: tuple = ("msgnn-rgb", "matlab-y")
+    force: bool = False            # recompute even when a record exists
+    progress: bool = True
+
+    @classmethod
+    def from_params(cls, **params: Any) -> "Profile":
+        """Build from a notebook's parameters; unknown names are an error naming the valid ones."""
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(k for k in params if k not in valid)
+        if unknown:
+            raise ConfigError(f"unknown profile parameter(s) {unknown}; valid: {valid}")
+        params = {k: v for k, v in params.items() if v is not None}
+        if "protocols" in params:
+            params["protocols"] = tuple(params["protocols"])
+        if isinstance(params.get("force"), str):  # `make ... FORCE=1` passes text
+            params["force"] = params["force"].strip().lower() not in ("", "0", "false", "no")
+        return cls(**params)
+
+    @property
+    def root(self) -> Path:
+        return Path(os.environ.get(_RESULTS_ENV) or self.results_dir) / self.name
+
+
+class Lab:
+    """Computes and stores the runs of one profile."""
+
+    def __init__(self, profile: Profile) -> None:
+        self.profile = profile
+        self.root = profile.root
+        self.store = Store(self.root / "runs")
+        self._digests: dict[str, tuple[str, int]] = {}
+
+    # ------------------------------------------------------------------ data identity
+    def data_digest(self, spec: str, limit: int = 0) -> tuple[str, int]:
+        """(sha256 digest of the file manifest, pair count) of a data folder, cached per Lab."""
+        from derainkit.data import discover_pairs, manifest_digest, resolve_data_path
+
+        cache_key = f"{spec}|{limit}"
+        if cache_key not in self._digests:
+            pairs = discover_pairs(resolve_data_path(spec))
+            if limit:
+                pairs = pairs[:limit]
+            self._digests[cache_key] = (manifest_digest(pairs), len(pairs))
+        return self._digests[cache_key]
+
+    def _test_spec(self) -> dict[str, Any]:
+        p = self.profile
+        digest, n = self.data_digest(p.test_data, p.eval_limit)
+        return {"data": digest, "images": n, "protocols": sorted(p.protocols)}
+
+    def _data_meta(self) -> dict[str, Any]:
+        p = self.profile
+        return {"test_data": p.test_data, "eval_limit": p.eval_limit}
+
+    # ------------------------------------------------------------------ configs
+    def run_config(self, model: str = "msgnn", model_config: Mapping[str, Any] | None = None,
+                   **overrides: Any):
+        """The RunConfig of a profile run: profile data/schedule/base model config, then ``overrides``."""
+        from derainkit.train import RunConfig
+
+        p = self.profile
+        mc = dict(p.model_config) if model == "msgnn" else {}
+        mc.update(model_config or {})
+        data = dict(model=model, model_config=mc, train_data=p.train_data, val_data=None,
+                    iterations=p.iterations, crop=p.crop, batch=p.batch, device=p.device,
+                    out_dir=str(self.root / "train"))
+        data.update(p.run_overrides)
+        data.update(overrides)
+        if "epochs" in data or data.get("iterations") is None:  # an epoch-counted schedule (paper profile)
+            data.pop("iterations", None)
+        if model != "msgnn" and "exemplar" not in overrides:
+            data["exemplar"] = "none"
+        return RunConfig.from_dict(data)
+
+    def _run_identity(self, cfg) -> dict[str, Any]:
+        ident = cfg.identity()
+        ident["train_data"] = self.data_digest(cfg.train_data)[0]
+        ident.pop("val_data", None)
+        ident.pop("device", None)  # the same run on another device is the same experiment
+        return ident
+
+    # ------------------------------------------------------------------ experiments
+    def train_eval(self, model: str = "msgnn", model_config: Mapping[str, Any] | None = None,
+                   **overrides: Any) -> dict[str, Any]:
+        """Train under the profile (``overrides``: RunConfig keys) and score on the profile's test set."""
+        cfg = self.run_config(model, model_config, **overrides)
+        spec = {"kind": "train_eval", "run": self._run_identity(cfg), "test": self._test_spec()}
+
+        def compute(key: str) -> dict[str, Any]:
+            weights, run = self._train(cfg)
+            result = self._evaluate(key, cfg.model, weights)
+            result.update(run=run, run_config=cfg.to_dict(), label_hint=_describe(cfg))
+            return result
+
+        return self.store.ensure(spec, compute, force=self.profile.force)
+
+    def eval_weights(self, model: str, weights: str | Path, model_config: Mapping[str, Any] | None = None
+                     ) -> dict[str, Any]:
+        """Score given weights (official peers, or the kit's shipped model) on the profile's test set."""
+        from derainkit.data import file_sha256
+
+        weights = Path(weights)
+        if not weights.is_file():
+            raise DerainkitError(f"{weights}: weights file not found")
+        spec = {"kind": "eval_weights", "model": model, "weights_sha256": file_sha256(weights),
+                "model_config": dict(model_config or {}), "test": self._test_spec()}
+
+        def compute(key: str) -> dict[str, Any]:
+            result = self._evaluate(key, model, weights, model_config)
+            result["weights_file"] = weights.name
+            return result
+
+        return self.store.ensure(spec, compute, force=self.profile.force)
+
+    def eval_input(self) -> dict[str, Any]:
+        """Score the rainy test images themselves (the 'input' row)."""
+        spec = {"kind": "eval_input", "test": self._test_spec()}
+        return self.store.ensure(spec, lambda key: self._evaluate(key, None, None), force=self.profile.force)
+
+    def derain_image(self, record: Mapping[str, Any], image: str | Path, max_side: int = 512) -> Path:
+        """Derain one image (downscaled to ``max_side``) with a stored train_eval run's model; the PNG
+        (and the resized input as ``<key>/input.png``) is stored, keyed by run, image content and size."""
+        from derainkit.data import file_sha256
+
+        image = Path(image)
+        if not image.is_file():
+            raise DerainkitError(f"{image}: image not found")
+        spec = {"kind": "derain_image", "run": record["key"], "image_sha256": file_sha256(image),
+                "max_side": int(max_side)}
+        key = spec_key(spec)
+
+        def compute(key: str) -> dict[str, Any]:
+            from derainkit.io import load_image, write_image
+
+            weights = self._weights_of(record)
+            pixels = _fit(load_image(image).pixels, max_side)
+            out, info = self._predict(record["run_config"]["model"], weights, pixels)
+            folder = self.store.artefact_dir(key)
+            write_image(folder / "input.png", pixels)
+            write_image(folder / "derained.png", out)
+            return {"image": image.name, "size": list(pixels.shape[:2]), "tiling": info,
+                    "outputs": {"input": f"{key}/input.png", "derained": f"{key}/derained.png"},
+                    "provenance": self._provenance()}
+
+        rec = self.store.ensure(spec, compute, force=self.profile.force)
+        return self.store.root / rec["outputs"]["derained"]
+
+    def input_image(self, record_key_png: Path) -> Path:
+        """The resized input stored beside a :meth:`derain_image` output."""
+        return Path(record_key_png).parent / "input.png"
+
+    # ------------------------------------------------------------------ internals
+    def _train(self, cfg) -> tuple[Path, dict[str, Any]]:
+        from derainkit.train import train
+
+        run_dir = cfg.run_dir()
+        weights = run_dir / "model.safetensors"
+        if weights.is_file() and not self.profile.force:
+            return weights, {"run_dir": _rel(run_dir, self.root), "reused_weights": True}
+        resume = (run_dir / "checkpoints" / "latest.pt").is_file() and not self.profile.force
+        if self.profile.force and run_dir.exists():
+            import shutil
+
+            shutil.rmtree(run_dir)
+        result = train(cfg, resume=resume, progress=self.profile.progress)
+        if not result.finished or result.weights is None:
+            raise DerainkitError(f"training run {run_dir} did not finish")
+        return result.weights, {"run_dir": _rel(run_dir, self.root), "iterations": result.total_iterations,
+                                "device": result.device, "precision": result.precision,
+                                "resumed": bool(resume)}
+
+    def _weights_of(self, record: Mapping[str, Any]) -> Path:
+        """The exported weights of a stored train_eval run, retrained when they are not on this machine."""
+        from derainkit.train import RunConfig
+
+        cfg = RunConfig.from_dict({**record["run_config"], "out_dir": str(self.root / "train")})
+        weights = cfg.run_dir() / "model.safetensors"
+        if not weights.is_file():
+            weights, _ = self._train(cfg)
+        return weights
+
+    def _predictor(self, model: str, weights: Path | None, model_config: Mapping[str, Any] | None = None):
+        from derainkit.infer import Predictor
+        from derainkit.models import build_model, get_model_spec
+
+        spec = get_model_spec(model)
+        net = build_model(model, dict(model_config) if model_config else None, weights, device="cpu")
+        return spec, Predictor(net, spec.infer_bytes_per_pixel, device=self.profile.device)
+
+    def _predict(self, model: str, weights: Path, pixels):
+        _, predictor = self._predictor(model, weights)
+        out, plan = predictor(pixels)
+        return out, plan.to_dict()
+
+    def _evaluate(self, key: str, model: str | None, weights: Path | None,
+                  model_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        from derainkit.data import discover_pairs, resolve_data_path
+        from derainkit.metrics.evaluate import evaluate
+
+        p = self.profile
+        root = resolve_data_path(p.test_data)
+        pairs = discover_pairs(root)
+        if p.eval_limit:
+            pairs = pairs[: p.eval_limit]
+        out_dir = self.store.artefact_dir(key)
+        extra: dict[str, Any] = {}
+        if model is None:
+            predict, quantize, device = None, "round", "cpu"
+        else:
+            spec, predictor = self._predictor(model, weights, model_config)
+            quantize, device = spec.official_quantize, str(predictor.device)
+            extra["parameters"] = sum(t.numel() for t in predictor.model.parameters())
+            extra["trainable_parameters"] = sum(t.numel() for t in predictor.model.parameters() if t.requires_grad)
+
+            def predict(rainy, pair):
+                out, plan = predictor(rainy)
+                return out, {"tiling": plan.to_dict()}
+
+        result = evaluate(pairs, predict, out_dir, sorted(p.protocols), quantize=quantize, data_root=root,
+                          meta={"model": model}, device=device, progress=p.progress)
+        _strip_volatile(out_dir)
+        return {"metrics": result.means, "n_images": result.n_images, "quantize": quantize,
+                "per_image": f"{key}/per_image.csv", **self._data_meta(), **extra,
+                "provenance": self._provenance(device)}
+
+    def _provenance(self, device: str = "cpu") -> dict[str, Any]:
+        from derainkit.provenance import provenance
+
+        return provenance(device)
+
+
+def _strip_volatile(out_dir: Path) -> None:
+    """Keep only per_image.csv and manifest.csv beside a record (the record holds the summary)."""
+    for name in ("summary.json", "summary.md"):
+        (out_dir / name).unlink(missing_ok=True)
+
+
+def _describe(cfg) -> str:
+    mc = ", ".join(f"{k}={v}" for k, v in sorted(cfg.model_config.items()))
+    return f"{cfg.model}({mc}) crop {cfg.crop} batch {cfg.batch} {cfg.iterations} it, exemplar {cfg.exemplar}"
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path(root).resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _fit(pixels, max_side: int):
+    """Downscale (area) so the longer side is at most max_side; real photos are large for a CPU."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    h, w = pixels.shape[:2]
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return pixels
+    t = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None].float()
+    out = F.interpolate(t, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="area")
+    return out[0].permute(1, 2, 0).clamp(0, 1).numpy()
+
+
+def records_table(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Flat rows (key, kind, protocol metrics) of records, e.g. for a quick pandas look."""
+    rows = []
+    for r in records:
+        row = {"key": r["key"], "kind": r["spec"]["kind"]}
+        for proto, m in (r.get("metrics") or {}).items():
+            row[f"{proto}/psnr"], row[f"{proto}/ssim"] = m["psnr"], m["ssim"]
+        rows.append(row)
+    return rows

@@ -1,0 +1,227 @@
+"""Render stored records beside the paper's quoted values: ``<item>.csv``, ``<item>.md`` and PNG figures.
+
+A rendered table is a pure function of the records and the quoted values (no clocks, no machine
+state), so re-rendering unchanged records writes byte-identical files. Every number is labelled:
+ours are "measured here" with their protocol, data set, image count and schedule; the paper's are
+"quoted" with their table, data set and protocol. Rows we could not run say why.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from derainkit.experiments.paper_values import PAPER_PROTOCOL, Quoted
+from derainkit.fsutil import atomic_path, atomic_write_text
+
+
+@dataclass
+class Row:
+    """One line of a table: our record (None when not run, with ``why_not_run``) and the paper's values."""
+
+    setting: str
+    record: Mapping[str, Any] | None
+    quoted: Mapping[str, Quoted] = field(default_factory=dict)  # paper data set -> value
+    why_not_run: str = ""
+    x: Any = None  # the swept value (k, l, N, ...) for plots
+
+
+def _fmt(v: float | None, digits: int) -> str:
+    return "" if v is None else f"{v:.{digits}f}"
+
+
+def _pair(psnr: float | None, ssim: float | None) -> str:
+    if psnr is None and ssim is None:
+        return "–"
+    return f"{_fmt(psnr, 3)} / {_fmt(ssim, 4)}"
+
+
+def table_rows(item: str, rows: Sequence[Row], protocols: Sequence[str], test_data: str) -> list[dict[str, Any]]:
+    """The CSV rows: one per (setting, protocol) for ours and one per paper data set, each labelled."""
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        rec = row.record
+        for proto in protocols:
+            m = (rec or {}).get("metrics", {}).get(proto) if rec else None
+            prov = (rec or {}).get("provenance", {})
+            run = (rec or {}).get("run", {})
+            out.append({
+                "item": item, "setting": row.setting, "x": "" if row.x is None else row.x,
+                "source": "measured here" if m else f"not run: {row.why_not_run or 'no record'}",
+                "dataset": test_data, "protocol": proto,
+                "images": (rec or {}).get("n_images", ""),
+                "psnr": round(m["psnr"], 4) if m else "", "ssim": round(m["ssim"], 5) if m else "",
+                "input_psnr": round(m["input_psnr"], 4) if m and "input_psnr" in m else "",
+                "iterations": run.get("iterations", (rec or {}).get("run_config", {}).get("iterations", "")),
+                "parameters": (rec or {}).get("parameters", ""),
+                "record": (rec or {}).get("key", ""), "commit": prov.get("commit", ""),
+                "device": prov.get("device", ""), "note": "",
+            })
+        for dataset, q in row.quoted.items():
+            out.append({
+                "item": item, "setting": row.setting, "x": "" if row.x is None else row.x,
+                "source": f"quoted: {q.source}" if q.source else "quoted: -", "dataset": dataset,
+                "protocol": PAPER_PROTOCOL if q.psnr is not None else "", "images": "",
+                "psnr": "" if q.psnr is None else q.psnr, "ssim": "" if q.ssim is None else q.ssim,
+                "input_psnr": "", "iterations": "", "parameters": "", "record": "", "commit": "", "device": "",
+                "note": q.note,
+            })
+    return out
+
+
+_CSV_FIELDS = ["item", "setting", "x", "source", "dataset", "protocol", "images", "psnr", "ssim", "input_psnr",
+               "iterations", "parameters", "record", "commit", "device", "note"]
+
+
+def render_table(out_dir: str | Path, item: str, title: str, rows: Sequence[Row], *, profile: str,
+                 protocols: Sequence[str], test_data: str, caveat: str = "") -> Path:
+    """Write ``<out_dir>/<item>.csv`` and ``<item>.md``; returns the Markdown path."""
+    out_dir = Path(out_dir)
+    flat = table_rows(item, rows, protocols, test_data)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=_CSV_FIELDS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(flat)
+    atomic_write_text(out_dir / f"{item}.csv", buf.getvalue())
+
+    datasets = list(dict.fromkeys(d for r in rows for d in r.quoted))
+    recs = [r.record for r in rows if r.record]
+    commits = sorted({r["provenance"].get("commit", "?") for r in recs if "provenance" in r})
+    devices = sorted({r["provenance"].get("device", "?") for r in recs if "provenance" in r})
+    images = sorted({str(r.get("n_images")) for r in recs if r.get("n_images")})
+    lines = [f"# {title}", "",
+             f"- **Ours** (measured here, profile `{profile}`): test set `{test_data}`"
+             f" ({', '.join(images) or '?'} images), protocols {', '.join(f'`{p}`' for p in protocols)};"
+             f" commit {', '.join(commits) or '-'}; device {', '.join(devices) or '-'}.",
+             f"- **Paper** (quoted, not measured here): {PAPER_PROTOCOL}, data set(s) {', '.join(datasets) or '-'}."]
+    if caveat:
+        lines.append(f"- {caveat}")
+    lines += ["", "Cells are PSNR (dB) / SSIM.", ""]
+    head = ["setting"] + [f"ours {p}" for p in protocols] + [f"paper {d}" for d in datasets] + ["notes"]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" * len(head))
+    for row in rows:
+        cells = [row.setting]
+        for p in protocols:
+            m = (row.record or {}).get("metrics", {}).get(p)
+            cells.append(_pair(m["psnr"], m["ssim"]) if m else f"not run ({row.why_not_run or 'no record'})")
+        notes = []
+        for d in datasets:
+            q = row.quoted.get(d)
+            cells.append(_pair(q.psnr, q.ssim) if q else "–")
+            if q and q.note:
+                notes.append(q.note)
+        if row.record and row.record.get("parameters"):
+            notes.append(f"{row.record['parameters'] / 1e6:.2f} M params (ours)")
+        cells.append("; ".join(dict.fromkeys(notes)))
+        lines.append("| " + " | ".join(cells) + " |")
+    inputs = [r.record for r in rows if r.record and r.record.get("metrics")]
+    if inputs:
+        first = next(iter(inputs[0]["metrics"].values()))
+        if "input_psnr" in first:
+            lines += ["", "Input (rainy images, ours): " + ", ".join(
+                f"`{p}` {_pair(inputs[0]['metrics'][p]['input_psnr'], inputs[0]['metrics'][p]['input_ssim'])}"
+                for p in protocols if p in inputs[0]["metrics"])]
+    md = out_dir / f"{item}.md"
+    atomic_write_text(md, "\n".join(lines) + "\n")
+    return md
+
+
+def plot_table(out_png: str | Path, title: str, rows: Sequence[Row], protocol: str, xlabel: str = "") -> Path:
+    """Two panels: our PSNR per setting (measured) and the paper's (quoted), never on one axis, since
+    they come from different data sets and schedules."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [r.setting for r in rows]
+    ours = [((r.record or {}).get("metrics", {}).get(protocol) or {}).get("psnr") for r in rows]
+    datasets = list(dict.fromkeys(d for r in rows for d in r.quoted))
+    paper = [next((q.psnr for q in r.quoted.values() if q.psnr is not None), None) for r in rows]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, vals, name, colour in ((axes[0], ours, f"ours (measured, {protocol})", "tab:blue"),
+                                   (axes[1], paper, f"paper (quoted, {', '.join(datasets) or '-'})", "tab:gray")):
+        xs = list(range(len(labels)))
+        got = [(x, v) for x, v in zip(xs, vals) if v is not None]
+        if got:
+            ax.bar([x for x, _ in got], [v for _, v in got], color=colour)
+            lo, hi = min(v for _, v in got), max(v for _, v in got)
+            pad = max(0.05, (hi - lo) * 0.5)
+            ax.set_ylim(lo - pad, hi + pad)
+            for x, v in got:
+                ax.text(x, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+        for x, v in zip(xs, vals):
+            if v is None:
+                ax.text(x, ax.get_ylim()[0], "n/a", ha="center", va="bottom", fontsize=8, color="tab:red")
+        ax.set_xticks(xs)
+        ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel("PSNR (dB)")
+        if xlabel:
+            ax.set_xlabel(xlabel)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def plot_sweep(out_png: str | Path, title: str, rows: Sequence[Row], protocol: str, xlabel: str,
+               paper_params_m: Mapping[Any, float] | None = None) -> Path:
+    """PSNR and parameter count against a swept value (Figure 7: number of sub-networks N)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [(r.x, r.record["metrics"][protocol]["psnr"], r.record.get("parameters"))
+           for r in rows if r.record and protocol in r.record.get("metrics", {})]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    if pts:
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color="tab:blue", label=f"ours PSNR ({protocol})")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("PSNR (dB), ours")
+    ax2 = ax.twinx()
+    if pts:
+        ax2.plot([p[0] for p in pts], [p[2] / 1e6 for p in pts], "s--", color="tab:orange", label="ours params (M)")
+    if paper_params_m:
+        ks = sorted(paper_params_m)
+        ax2.plot(ks, [paper_params_m[k] for k in ks], "^", color="tab:gray", label="paper params (M, quoted)")
+    ax2.set_ylabel("parameters (M)")
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="lower right")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def image_panel(out_png: str | Path, title: str, images: Sequence[tuple[str, str | Path]]) -> Path:
+    """A row of images (label, PNG path), e.g. Figure 8/9's real-image comparisons."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from derainkit.io import read_image
+
+    fig, axes = plt.subplots(1, len(images), figsize=(3.2 * len(images), 3.0), squeeze=False)
+    for ax, (label, path) in zip(axes[0], images):
+        ax.imshow(read_image(path))
+        ax.set_title(label, fontsize=8)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
+def _save(fig, out_png: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_png) as tmp:
+        # No Software/date metadata: unchanged records re-render byte-identical PNGs.
+        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    return out_png

@@ -3,6 +3,9 @@
 #   make test              set up if needed, then the whole test suite (what CI runs)
 #   make bench             benchmarks -> results/bench/*.csv and results/bench/SUMMARY.md
 #   make evaluate-prenet   PReNet's official weights on Rain100L test, three metric protocols
+#   make reproduce-tables  every paper table/figure notebook (PROFILE=smoke|cpu|gpu|paper, FORCE=1 recomputes)
+#   make table2            one item (table1..table5, fig7..fig9, code-vs-paper, exemplar-policies, protocol-gap)
+#   make lab               JupyterLab on notebooks/
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +14,23 @@ STAMP := $(VENV)/.derainkit-installed
 SHARED ?= ../shared
 EXTRAS ?= dev,notebooks
 
-.PHONY: setup test test-fast bench evaluate-prenet clean-venv
+PROFILE ?= smoke
+FORCE ?= 0
+# paper item -> notebook (make target = key)
+NB_table1 := table1_benchmarks
+NB_table2 := table2_components
+NB_table3 := table3_stride
+NB_table4 := table4_patch_size
+NB_table5 := table5_neighbours
+NB_fig7 := fig7_subnetworks
+NB_fig8 := fig8_multiscale
+NB_fig9 := fig9_exemplar
+NB_code-vs-paper := extra_code_vs_paper
+NB_exemplar-policies := extra_exemplar_policies
+NB_protocol-gap := extra_protocol_gap
+ITEMS := table1 table2 table3 table4 table5 fig7 fig8 fig9 code-vs-paper exemplar-policies protocol-gap
+
+.PHONY: setup test test-fast test-notebooks bench evaluate-prenet clean-venv reproduce-tables lab data-link $(ITEMS)
 
 setup: $(STAMP)
 
@@ -24,6 +43,14 @@ $(STAMP): pyproject.toml scripts/install_torch.sh
 
 test: setup
 	$(PY) -m pytest tests -q
+	$(MAKE) --no-print-directory test-notebooks
+
+# nbval executes every notebook with its smoke defaults into a scratch results folder (the committed
+# results are not touched) and compares the outputs of the `# NBVAL_CHECK_OUTPUT` cells.
+test-notebooks: setup
+	scratch=$$(mktemp -d) && DERAINKIT_RESULTS=$$scratch $(PY) -m pytest -q -p no:cacheprovider \
+	  --nbval-lax --nbval-current-env --nbval-sanitize-with notebooks/nbval_sanitize.cfg notebooks; \
+	  rc=$$?; rm -rf $$scratch; exit $$rc
 
 test-fast: setup
 	$(PY) -m pytest tests -q -m "not slow"
@@ -39,3 +66,26 @@ evaluate-prenet: setup
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Links ../shared/data into the data root when it is there and the root lacks it (cpu/gpu profiles).
+data-link: setup
+	@if [ -d $(SHARED)/data ]; then $(PY) data_scripts/link_shared.py --shared $(SHARED); fi
+
+reproduce-tables: setup $(if $(filter smoke,$(PROFILE)),,data-link)
+	@for item in $(ITEMS); do $(MAKE) --no-print-directory _notebook ITEM=$$item || exit $$?; done
+	@echo "tables and figures: results/$(PROFILE)/"
+
+$(ITEMS): setup $(if $(filter smoke,$(PROFILE)),,data-link)
+	@$(MAKE) --no-print-directory _notebook ITEM=$@
+
+# Executed copies go to results/<profile>/notebooks/; the committed notebooks are never overwritten.
+_notebook:
+	@test -f notebooks/profiles/$(PROFILE).yaml || { echo "unknown PROFILE=$(PROFILE): see notebooks/profiles/"; exit 2; }
+	@mkdir -p results/$(PROFILE)/notebooks
+	@echo "== $(ITEM) ($(NB_$(ITEM)).ipynb, profile $(PROFILE))"
+	$(PY) -m papermill --cwd notebooks --log-level WARNING -f notebooks/profiles/$(PROFILE).yaml \
+	  -p force $(FORCE) -p results_dir $(CURDIR)/results \
+	  notebooks/$(NB_$(ITEM)).ipynb results/$(PROFILE)/notebooks/$(NB_$(ITEM)).ipynb
+
+lab: setup
+	$(VENV)/bin/jupyter lab notebooks/

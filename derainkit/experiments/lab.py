@@ -34,11 +34,11 @@ class Profile:
     results_dir: str = "results"   # $DERAINKIT_RESULTS overrides (CI points it at a scratch folder)
     train_data: str = "embedded:train"
     test_data: str = "embedded:test"
-    eval_limit: int = 0            # score only the first N test pairs (0: all)
-    iterations: int = 30
+    eval_limit: int = 3            # score only the first N test pairs (0: all)
+    iterations: int | None = 20  # None: epochs from run_overrides (the paper profile)
     crop: int = 48
-    batch: int = 4
-    model_config: dict = field(default_factory=lambda: {"n_subnets": 2, "m_blocks": 1, "channels": 8})
+    batch: int = 2
+    model_config: dict = field(default_factory=lambda: {"n_subnets": 2, "m_blocks": 1, "channels": 8, "window_size": 10})
     run_overrides: dict = field(default_factory=dict)  # any other RunConfig keys (lr, precision, ...)
     device: str = "auto"
     protocols: tuple = ("msgnn-rgb", "matlab-y")
@@ -52,7 +52,6 @@ class Profile:
         unknown = sorted(k for k in params if k not in valid)
         if unknown:
             raise ConfigError(f"unknown profile parameter(s) {unknown}; valid: {valid}")
-        params = {k: v for k, v in params.items() if v is not None}
         if "protocols" in params:
             params["protocols"] = tuple(params["protocols"])
         if isinstance(params.get("force"), str):  # `make ... FORCE=1` passes text
@@ -72,6 +71,53 @@ class Lab:
         self.root = profile.root
         self.store = Store(self.root / "runs")
         self._digests: dict[str, tuple[str, int]] = {}
+
+    @classmethod
+    def from_namespace(cls, namespace: Mapping[str, Any]) -> "Lab":
+        """A Lab from a notebook's parameter variables: ``profile`` (the name) and every
+        :class:`Profile` field present in ``namespace`` (e.g. ``globals()``)."""
+        names = {f.name for f in dataclasses.fields(Profile)} - {"name"}
+        params = {k: namespace[k] for k in names if k in namespace}
+        return cls(Profile.from_params(name=namespace.get("profile", "smoke"), **params))
+
+    def caveat(self) -> str:
+        """Why our numbers and the paper's are not the same experiment (data, schedule, model size)."""
+        p = self.profile
+        sched = f"{p.iterations} iterations" if p.iterations else f"{p.run_overrides.get('epochs', '?')} epochs"
+        return (f"Ours: profile `{p.name}`, trained on `{p.train_data}` for {sched} (crop {p.crop}, batch "
+                f"{p.batch}), base model config {dict(p.model_config) or 'paper default'}, scored on "
+                f"`{p.test_data}`{f' (first {p.eval_limit} images)' if p.eval_limit else ''}. The paper trained "
+                "500 epochs on other data sets: compare trends within a column, not values across columns.")
+
+    def render(self, item: str, title: str, rows: Sequence[Any], plot: str | None = "bars", xlabel: str = "",
+               caveat: str | None = None, paper_params_m: Mapping[Any, float] | None = None) -> Path:
+        """Write ``<item>.csv/.md`` (and ``<item>.png`` unless ``plot`` is None) under the profile folder."""
+        from derainkit.experiments.tables import plot_sweep, plot_table, render_table
+
+        p = self.profile
+        md = render_table(self.root, item, title, rows, profile=p.name, protocols=list(p.protocols),
+                          test_data=p.test_data, caveat=self.caveat() if caveat is None else caveat)
+        if plot == "bars":
+            plot_table(self.root / f"{item}.png", title, rows, p.protocols[0], xlabel)
+        elif plot == "sweep":
+            plot_sweep(self.root / f"{item}.png", title, rows, p.protocols[0], xlabel, paper_params_m)
+        return md
+
+    def find_image(self, path: str | Path | None) -> Path:
+        """An image file: ``path`` itself, the first image of a folder, or (None / missing) the first
+        rainy image of the profile's test set, so figure notebooks run without real photos."""
+        from derainkit.data import discover_pairs, resolve_data_path
+        from derainkit.io import is_image_file
+
+        if path:
+            path = Path(path)
+            if path.is_file():
+                return path
+            if path.is_dir():
+                files = sorted(f for f in path.iterdir() if is_image_file(f))
+                if files:
+                    return files[0]
+        return discover_pairs(resolve_data_path(self.profile.test_data))[0].rainy
 
     # ------------------------------------------------------------------ data identity
     def data_digest(self, spec: str, limit: int = 0) -> tuple[str, int]:

@@ -21,6 +21,7 @@ class Quoted:
     dataset: str
     source: str  # e.g. "MSGNN paper, Table 2"
     note: str = ""
+    protocol: str = PAPER_PROTOCOL
 
 
 # Table 1: datasets x methods (PSNR, SSIM); parameters in millions as printed.
@@ -92,6 +93,11 @@ def fig7(n: int) -> Quoted:
     if n in FIG7_PARAMS_M:
         note += f"; paper states {FIG7_PARAMS_M[n]} M parameters"
     return Quoted(None, None, "Rain200H", "MSGNN paper, Figure 7", note)
+
+
+# PReNet's own paper on Rain100L (the data set our Table 1 measures), as quoted in shared/README.md.
+PRENET_RAIN100L = Quoted(37.48, 0.979, "Rain100L", "PReNet paper (Ren et al., CVPR 2019)",
+                         "PReNet's own evaluation", protocol="matlab-y (Y channel, MATLAB)")
 
 
 def none(note: str = "no counterpart in the paper") -> Quoted:

@@ -63,7 +63,7 @@ def table_rows(item: str, rows: Sequence[Row], protocols: Sequence[str], test_da
             out.append({
                 "item": item, "setting": row.setting, "x": "" if row.x is None else row.x,
                 "source": f"quoted: {q.source}" if q.source else "quoted: -", "dataset": dataset,
-                "protocol": PAPER_PROTOCOL if q.psnr is not None else "", "images": "",
+                "protocol": q.protocol if q.psnr is not None else "", "images": "",
                 "psnr": "" if q.psnr is None else q.psnr, "ssim": "" if q.ssim is None else q.ssim,
                 "input_psnr": "", "iterations": "", "parameters": "", "record": "", "commit": "", "device": "",
                 "note": q.note,
@@ -87,6 +87,8 @@ def render_table(out_dir: str | Path, item: str, title: str, rows: Sequence[Row]
     atomic_write_text(out_dir / f"{item}.csv", buf.getvalue())
 
     datasets = list(dict.fromkeys(d for r in rows for d in r.quoted))
+    protos = list(dict.fromkeys(f"{q.protocol} ({q.source})" for r in rows for q in r.quoted.values()
+                                if q.psnr is not None)) or [PAPER_PROTOCOL]
     recs = [r.record for r in rows if r.record]
     commits = sorted({r["provenance"].get("commit", "?") for r in recs if "provenance" in r})
     devices = sorted({r["provenance"].get("device", "?") for r in recs if "provenance" in r})
@@ -95,7 +97,7 @@ def render_table(out_dir: str | Path, item: str, title: str, rows: Sequence[Row]
              f"- **Ours** (measured here, profile `{profile}`): test set `{test_data}`"
              f" ({', '.join(images) or '?'} images), protocols {', '.join(f'`{p}`' for p in protocols)};"
              f" commit {', '.join(commits) or '-'}; device {', '.join(devices) or '-'}.",
-             f"- **Paper** (quoted, not measured here): {PAPER_PROTOCOL}, data set(s) {', '.join(datasets) or '-'}."]
+             f"- **Paper** (quoted, not measured here): {', '.join(protos)}; data set(s) {', '.join(datasets) or '-'}."]
     if caveat:
         lines.append(f"- {caveat}")
     lines += ["", "Cells are PSNR (dB) / SSIM.", ""]
@@ -127,6 +129,16 @@ def render_table(out_dir: str | Path, item: str, title: str, rows: Sequence[Row]
     md = out_dir / f"{item}.md"
     atomic_write_text(md, "\n".join(lines) + "\n")
     return md
+
+
+def describe(rows: Sequence[Row]) -> str:
+    """The stable part of a table (settings, what was run, quoted values): what nbval checks."""
+    lines = []
+    for r in rows:
+        status = "measured" if r.record and r.record.get("metrics") else f"not run ({r.why_not_run or 'no record'})"
+        quoted = ", ".join(f"{d}: {_pair(q.psnr, q.ssim)}" for d, q in r.quoted.items()) or "-"
+        lines.append(f"{r.setting} | ours: {status} | paper: {quoted}")
+    return "\n".join(lines)
 
 
 def plot_table(out_png: str | Path, title: str, rows: Sequence[Row], protocol: str, xlabel: str = "") -> Path:

@@ -33,6 +33,15 @@ def _load_msgnn_weights(model: nn.Module, path: Path) -> nn.Module:
     return load_official_state_dict(model, path)
 
 
+SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+
+
+def _shipped(name: str) -> Path | None:
+    """A checkpoint shipped in derainkit/weights/ (see its README.md for how it was trained), if present."""
+    path = SHIPPED_WEIGHTS_DIR / name
+    return path if path.is_file() else None
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -66,6 +75,7 @@ MODELS: dict[str, ModelSpec] = {
         official_quantize="round",
         infer_bytes_per_pixel=4000.0,  # 3.06 GB extra measured at 1024x1024 (~2.9 kB/px) plus headroom
         uses_exemplar=True,
+        default_weights=_shipped("msgnn_raintrainl.safetensors"),
     ),
 }
 

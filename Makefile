@@ -3,6 +3,8 @@
 #   make test              set up if needed, then the whole test suite (what CI runs)
 #   make bench             benchmarks -> results/bench/*.csv and results/bench/SUMMARY.md
 #   make evaluate-prenet   PReNet's official weights on Rain100L test, three metric protocols
+#   make evaluate-msgnn    the kit's shipped MSGNN checkpoint on Rain100L test, three metric protocols
+#   make train-shipped     retrain that checkpoint (about an hour on 2 CPU cores)
 #   make reproduce-tables  every paper table/figure notebook (PROFILE=smoke|cpu|gpu|paper, FORCE=1 recomputes)
 #   make table2            one item (table1..table5, fig7..fig9, code-vs-paper, exemplar-policies, protocol-gap)
 #   make lab               JupyterLab on notebooks/
@@ -30,7 +32,7 @@ NB_exemplar-policies := extra_exemplar_policies
 NB_protocol-gap := extra_protocol_gap
 ITEMS := table1 table2 table3 table4 table5 fig7 fig8 fig9 code-vs-paper exemplar-policies protocol-gap
 
-.PHONY: setup test test-fast test-notebooks bench evaluate-prenet clean-venv reproduce-tables lab data-link $(ITEMS)
+.PHONY: setup test test-fast test-notebooks bench evaluate-prenet evaluate-msgnn train-shipped clean-venv reproduce-tables lab data-link $(ITEMS)
 
 setup: $(STAMP)
 
@@ -64,12 +66,23 @@ evaluate-prenet: setup
 	  --data $(SHARED)/data/rain100l/test --protocol matlab-y --protocol msgnn-rgb --protocol y-float \
 	  --out results/prenet_rain100l
 
+# The shipped MSGNN checkpoint on Rain100L test (uses the shipped weights: no --weights needed).
+evaluate-msgnn: setup
+	$(PY) -m derainkit.cli evaluate --model msgnn \
+	  --data $(SHARED)/data/rain100l/test --protocol matlab-y --protocol msgnn-rgb --protocol y-float \
+	  --out results/msgnn_shipped_rain100l
+
+# Retrain the shipped checkpoint (about an hour on 2 CPU cores); the result is runs/shipped/<hash>/model.safetensors.
+train-shipped: setup
+	$(PY) -m derainkit.cli train derainkit/weights/msgnn_raintrainl.yaml \
+	  --set train_data=$(SHARED)/data/rain100l/train --set val_data=$(SHARED)/data/rain100l/test
+
 clean-venv:
 	rm -rf $(VENV)
 
 # Links ../shared/data into the data root when it is there and the root lacks it (cpu/gpu profiles).
 data-link: setup
-	@if [ -d $(SHARED)/data ]; then $(PY) data_scripts/link_shared.py --shared $(SHARED); fi
+	-@if [ -d $(SHARED)/data ]; then $(PY) data_scripts/link_shared.py --shared $(SHARED); fi
 
 reproduce-tables: setup $(if $(filter smoke,$(PROFILE)),,data-link)
 	@for item in $(ITEMS); do $(MAKE) --no-print-directory _notebook ITEM=$$item || exit $$?; done

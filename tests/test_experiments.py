@@ -176,3 +176,27 @@ def test_quoted_values_agree_across_the_papers_tables():
     for d in paper.TABLE1_DATASETS:
         best = max(paper.TABLE1_METHODS, key=lambda m: paper.table1(m, d).psnr)
         assert best == "MSGNN", d
+
+
+def test_derain_image_is_stored_and_survives_missing_weights(tmp_path, monkeypatch):
+    monkeypatch.delenv("DERAINKIT_RESULTS", raising=False)
+    from derainkit.io import read_image
+
+    lab = Lab(_profile(tmp_path))
+    rec = lab.train_eval()
+    image = lab.find_image(tmp_path / "no-such-folder")  # falls back to the first test image
+    assert image.is_file()
+    png = lab.derain_image(rec, image, max_side=64)
+    out = read_image(png)
+    assert max(out.shape[:2]) == 64 and read_image(lab.input_image(png)).shape == out.shape
+    # weights gone (a fresh clone has records but not the gitignored training folders): retrained on demand
+    shutil.rmtree(lab.root / "train")
+    png2 = lab.derain_image(rec, image, max_side=48)
+    assert max(read_image(png2).shape[:2]) == 48
+    assert (lab.root / "train").is_dir()
+    # and the stored result is reused without any model
+    import derainkit.train as train_mod
+
+    monkeypatch.setattr(train_mod, "train", lambda *a, **k: pytest.fail("retrained"))
+    shutil.rmtree(lab.root / "train")
+    assert lab.derain_image(rec, image, max_side=64) == png

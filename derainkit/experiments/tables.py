@@ -113,10 +113,10 @@ def render_table(out_dir: str | Path, item: str, title: str, rows: Sequence[Row]
         for d in datasets:
             q = row.quoted.get(d)
             cells.append(_pair(q.psnr, q.ssim) if q else "–")
-            if q and q.note:
+            if q and q.note and q.note not in row.setting:
                 notes.append(q.note)
         if row.record and row.record.get("parameters"):
-            notes.append(f"{row.record['parameters'] / 1e6:.2f} M params (ours)")
+            notes.append(f"{row.record['parameters']:,} parameters (ours)")
         cells.append("; ".join(dict.fromkeys(notes)))
         lines.append("| " + " | ".join(cells) + " |")
     inputs = [r.record for r in rows if r.record and r.record.get("metrics")]

@@ -27,5 +27,5 @@ class CheckpointError(DerainkitError):
     """A weights/checkpoint file cannot be loaded into the requested model."""
 
 
-class InputSizeError(DerainkitError):
+class InputSizeError(DerainkitError, ValueError):
     """An image (or training crop) is smaller than the model can process, e.g. than one graph patch."""

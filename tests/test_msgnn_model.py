@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from derainkit.errors import InputSizeError
 from derainkit.models.msgnn import MSGNN, MSGNNConfig, build_msgnn, count_parameters, export_official_state_dict
 from derainkit.models.msgnn.blocks import ECA, GCT, SE, SubNetwork
 from derainkit.models.msgnn.graph import EmbeddingCNN, GraphModule, ValueNet, WeightNet
@@ -71,7 +72,7 @@ def test_bad_input_shapes():
         m(torch.rand(3, 32, 32))
     with pytest.raises(ValueError, match="exemplar"):
         m(_img(32, 32), torch.rand(2, 3, 32, 32))
-    with pytest.raises(ValueError, match="fewer than k"):
+    with pytest.raises(InputSizeError, match="fewer than k=7; this config needs at least 25×25 px"):
         MSGNN(MSGNNConfig(n_subnets=1, m_blocks=1, channels=8, k=7)).eval()(_img(12, 12))
 
 

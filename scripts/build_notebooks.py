@@ -242,13 +242,11 @@ def build(execute: bool, names: list[str]) -> None:
                 os.environ["DERAINKIT_RESULTS"] = tmp
                 NotebookClient(book, timeout=1800, kernel_name="python3",
                                resources={"metadata": {"path": str(NB_DIR)}}).execute()
-            for cell in book.cells:
-                if cell.cell_type == "code":
-                    keep = cell.source.startswith("# NBVAL_CHECK_OUTPUT")
-                    if not keep:
-                        cell.outputs = []
-                    cell.execution_count = None
-                    cell.outputs = [o for o in cell.outputs if o.get("name") != "stderr"]
+            for number, cell in enumerate((c for c in book.cells if c.cell_type == "code"), start=1):
+                keep = cell.source.startswith("# NBVAL_CHECK_OUTPUT")
+                cell.outputs = [o for o in cell.outputs if o.get("name") != "stderr"] if keep else []
+                # nbval treats a cell with outputs but no execution count as "unrun" and fails it
+                cell.execution_count = number if keep else None
         nbformat.write(book, path)
         print("wrote", path.relative_to(ROOT))
 

@@ -21,3 +21,15 @@ def shared_path(*parts: str) -> Path:
 @pytest.fixture
 def shared():
     return shared_path
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test with one torch thread: on the shared 2-core machine a second OpenMP thread mostly spins,
+    so one is faster and steadier. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

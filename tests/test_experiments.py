@@ -5,19 +5,13 @@ import json
 import shutil
 
 import pytest
-import torch
 
 from derainkit.errors import ConfigError, DerainkitError
 from derainkit.experiments import Lab, Profile, Row, Store, paper_values as paper, render_table, spec_key
 from derainkit.experiments.tables import describe, plot_table
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------------------------------------- store

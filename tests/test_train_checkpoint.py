@@ -16,12 +16,7 @@ from derainkit.train.loop import make_optimizer, make_scheduler
 TINY = {"stages": 2, "channels": 8, "res_blocks": 1}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared 2-core machine: a second OpenMP thread mostly spins
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _state(seed: int = 0, iteration: int = 3, cfg: RunConfig | None = None) -> dict:

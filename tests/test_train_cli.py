@@ -5,7 +5,6 @@ import argparse
 import json
 
 import pytest
-import torch
 
 from derainkit.train.cli import add_train_parser, main
 
@@ -13,13 +12,12 @@ TINY_SETS = ["model_config.stages=2", "model_config.channels=8", "model_config.r
              "val_limit=1", "val_protocols=[msgnn-rgb]", "exemplar=none", "device=cpu", "checkpoint_every=2"]
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 @pytest.fixture(autouse=True)
 def _env(tmp_path, monkeypatch):
     monkeypatch.setenv("DERAINKIT_CACHE", str(tmp_path / "cache"))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _run(argv: list[str]) -> int:

@@ -14,13 +14,12 @@ from derainkit.train.distributed import launch_local
 pytestmark = pytest.mark.slow
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 @pytest.fixture(autouse=True)
 def _env(tmp_path, monkeypatch):
     monkeypatch.setenv("DERAINKIT_CACHE", str(tmp_path / "cache"))  # inherited by the spawned ranks
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _losses(run_dir):

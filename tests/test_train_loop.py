@@ -21,13 +21,7 @@ from derainkit.train.checkpoint import load_checkpoint, read_exported
 TINY = {"stages": 2, "channels": 8, "res_blocks": 1}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two cores shared with other jobs: a second OpenMP thread mostly spins; one is faster and steadier.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module", autouse=True)

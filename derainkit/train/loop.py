@@ -378,10 +378,11 @@ class _Run:
         _seed_everything(cfg.seed)
         model = self._build_model()
         uses_exemplar = model_uses_exemplar(model)
-        min_side = getattr(getattr(model, "module", model), "min_input_side", None)
-        if min_side is not None and cfg.crop < min_side():
+        min_input_side = getattr(getattr(model, "module", model), "min_input_side", None)
+        side = min_input_side() if min_input_side is not None else 1
+        if cfg.crop < side:
             raise ConfigError(f"crop={cfg.crop} is smaller than model {cfg.model!r} with this model_config can "
-                              f"process (at least {min_side()}×{min_side()} px: k, patch size and stride need "
+                              f"process (at least {side}×{side} px: k, patch size and stride need "
                               "enough graph patches at every scale); raise crop")
         if cfg.exemplar == "none" and uses_exemplar:
             raise ConfigError(f"exemplar='none' but model {cfg.model!r} has its exemplar branch on (it would fall "

@@ -137,6 +137,14 @@ class GraphBranch(nn.Module):
         self.weight_net = WeightNet(c, slope)           # official weightnet_hr
 
 
+def candidate_count(cfg: MSGNNConfig, grid: tuple[int, int]) -> int:
+    """Candidate patches one query sees in a database with this patch grid (``cfg`` resolved): the whole
+    grid for a global search, else the (grid-clipped) window."""
+    if cfg.window_rule == "global":
+        return grid[0] * grid[1]
+    return min(cfg.window_size, grid[0], grid[1]) ** 2
+
+
 class GraphModule(nn.Module):
     """All graph branches. ``forward(O, O½, O¼, E)`` -> one b×C×H×W feature per branch, in Fuse order."""
 
@@ -158,10 +166,7 @@ class GraphModule(nn.Module):
     def _search(self, branch: str, qp: torch.Tensor, q_grid, xp: torch.Tensor, x_grid) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
         k = cfg.k
-        n_cand = x_grid[0] * x_grid[1]
-        if cfg.window_rule != "global":
-            s_win = min(cfg.window_size, x_grid[0], x_grid[1])
-            n_cand = s_win * s_win
+        n_cand = candidate_count(cfg, x_grid)
         if n_cand < k:
             raise ValueError(f"MSGNN branch {branch!r}: only {n_cand} candidate patches in the search window of a "
                              f"{x_grid[0]}×{x_grid[1]} patch grid, fewer than k={k}; use a larger image or smaller k")

@@ -23,8 +23,8 @@ from derainkit.errors import InputSizeError
 from derainkit.knn.patches import patch_grid
 from derainkit.models.msgnn.blocks import ConvPair, SubNetwork, conv3x3
 from derainkit.models.msgnn.config import MSGNNConfig
-from derainkit.models.msgnn.graph import BranchResult, GraphModule, ValueNet
-from derainkit.models.msgnn.pyramid import pyr_down
+from derainkit.models.msgnn.graph import BranchResult, GraphModule, ValueNet, candidate_count
+from derainkit.models.msgnn.pyramid import PYR_MIN_SIDE, pyr_down, pyr_down_size
 
 
 class MSGNN(nn.Module):
@@ -103,34 +103,26 @@ class MSGNN(nn.Module):
 
     # ------------------------------------------------------------------ input size
     def _size_problem(self, h: int, w: int, exemplar_hw: tuple[int, int] | None = None) -> str | None:
-        """Why an h×w input cannot be processed (None when it can). Mirrors the checks in pyr_down and
-        the graph search, without running either."""
+        """Why an h×w input cannot be processed (None when it can): the checks of pyr_down and of the
+        graph search, applied to the sizes each branch would see, without running either."""
         cfg = self.cfg
         if self.graph is None:
             return None
-        dbs: list[tuple[str, int, int]] = [("scale1", h, w)]
-        hh, ww = h, w
-        for scale in (2, 4):
-            if scale == 2 and not (2 in cfg.scales or 4 in cfg.scales):
-                break
-            if scale == 4 and 4 not in cfg.scales:
-                break
-            if hh < 3 or ww < 3:
+        sizes = {1: (h, w)}  # pyramid level (1, 2, 4) -> size
+        for scale in (2, 4)[: 2 if 4 in cfg.scales else 1 if 2 in cfg.scales else 0]:
+            hh, ww = sizes[scale // 2]
+            if hh < PYR_MIN_SIDE or ww < PYR_MIN_SIDE:
                 level = "input" if scale == 2 else "×½ level"
-                return f"a pyramid step needs at least 3×3 px and the {level} is {hh}×{ww}"
-            hh, ww = (hh + 1) // 2, (ww + 1) // 2
-            if scale in cfg.scales:
-                dbs.append((f"scale{scale}", hh, ww))
+                return f"a pyramid step needs at least {PYR_MIN_SIDE}×{PYR_MIN_SIDE} px and the {level} is {hh}×{ww}"
+            sizes[scale] = (pyr_down_size(hh), pyr_down_size(ww))
+        dbs = [(f"scale{s}", *sizes[s]) for s in cfg.scales]
         if cfg.exemplar:
-            eh, ew = exemplar_hw if exemplar_hw is not None else (h, w)
-            dbs.append(("exemplar", int(eh), int(ew)))
+            dbs.append(("exemplar", *(exemplar_hw if exemplar_hw is not None else (h, w))))
         for name, dh, dw in dbs:
-            if name == "scale1" and 1 not in cfg.scales:
-                continue
-            g0, g1 = patch_grid(dh, dw, cfg.patch_size, cfg.stride)
-            n_cand = g0 * g1 if cfg.window_rule == "global" else min(cfg.window_size, g0, g1) ** 2
+            grid = patch_grid(int(dh), int(dw), cfg.patch_size, cfg.stride)
+            n_cand = candidate_count(cfg, grid)
             if n_cand < cfg.k:
-                return (f"branch {name!r} sees a {dh}×{dw} image: {g0}×{g1} graph patches "
+                return (f"branch {name!r} sees a {dh}×{dw} image: {grid[0]}×{grid[1]} graph patches "
                         f"(l={cfg.patch_size}, stride {cfg.stride}), {n_cand} candidates, fewer than k={cfg.k}")
         return None
 

@@ -10,6 +10,12 @@ import torch
 import torch.nn.functional as F
 
 _KERNEL_1D = (1.0, 4.0, 6.0, 4.0, 1.0)
+PYR_MIN_SIDE = 3  # reflect-101 padding of 2 needs at least 3 pixels per side
+
+
+def pyr_down_size(n: int) -> int:
+    """Output length of one pyrDown step on a side of n pixels (cv2: (n + 1) // 2)."""
+    return (n + 1) // 2
 
 
 def pyr_down(x: torch.Tensor) -> torch.Tensor:
@@ -20,8 +26,8 @@ def pyr_down(x: torch.Tensor) -> torch.Tensor:
     if x.dim() != 4:
         raise ValueError(f"pyr_down expects b×c×H×W, got shape {tuple(x.shape)}")
     h, w = x.shape[-2:]
-    if h < 3 or w < 3:
-        raise ValueError(f"pyr_down needs H, W >= 3 for reflect-101 padding of 2, got {h}×{w}")
+    if h < PYR_MIN_SIDE or w < PYR_MIN_SIDE:
+        raise ValueError(f"pyr_down needs H, W >= {PYR_MIN_SIDE} for reflect-101 padding of 2, got {h}×{w}")
     b, c = x.shape[:2]
     k = torch.tensor(_KERNEL_1D, dtype=x.dtype, device=x.device) / 16.0
     y = F.pad(x.reshape(b * c, 1, h, w), (2, 2, 2, 2), mode="reflect")

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from derainkit.errors import DerainkitError
+from derainkit.errors import DerainkitError, naming_file
 
 PROTOCOL_NAMES = ("matlab-y", "y-float", "msgnn-rgb")
 
@@ -40,16 +40,6 @@ def _predictor(args: argparse.Namespace):
                            overlap=args.overlap, blend=args.blend)
 
 
-def _naming(path: Path, fn):
-    """Run fn(); a DerainkitError from inside (e.g. an image too small for the model) gets the file's name."""
-    try:
-        return fn()
-    except DerainkitError as exc:
-        if str(path) in str(exc):
-            raise
-        raise type(exc)(f"{path}: {exc}") from None
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from derainkit.data import discover_pairs, resolve_data_path
     from derainkit.metrics.evaluate import evaluate
@@ -70,7 +60,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         device = str(predictor.device)
 
         def predict(rainy, pair):
-            out, plan = _naming(pair.rainy, lambda: predictor(rainy))
+            out, plan = predictor(rainy)
             return out, {"tiling": plan.to_dict()}
     else:
         predict, quantize, device = None, ("round" if args.quantize == "auto" else args.quantize), "cpu"
@@ -105,7 +95,7 @@ def cmd_derain(args: argparse.Namespace) -> int:
     records = []
     for path, target in tqdm(jobs, desc="derain", unit="img", disable=len(jobs) == 1):
         img = load_image(path)
-        out, plan = _naming(path, lambda: predictor(img.pixels, progress=True))
+        out, plan = naming_file(path, lambda: predictor(img.pixels, progress=True))
         depth = img.bit_depth if args.bit_depth == "auto" else int(args.bit_depth)
         write_image(target, out, bit_depth=depth)
         records.append({"input": str(path), "output": str(target), "height": out.shape[0], "width": out.shape[1],

@@ -6,6 +6,11 @@ inside torch or Pillow.
 """
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
 
 class DerainkitError(Exception):
     """Base class of every error the kit raises for bad input."""
@@ -29,3 +34,14 @@ class CheckpointError(DerainkitError):
 
 class InputSizeError(DerainkitError, ValueError):
     """An image (or training crop) is smaller than the model can process, e.g. than one graph patch."""
+
+
+def naming_file(path: str | Path, fn: Callable[[], T]) -> T:
+    """Run ``fn()``; a DerainkitError raised inside (e.g. an image too small for the model) is re-raised
+    with ``path`` in front, unless its message already names it."""
+    try:
+        return fn()
+    except DerainkitError as exc:
+        if str(path) in str(exc):
+            raise
+        raise type(exc)(f"{path}: {exc}") from None

@@ -52,6 +52,14 @@ def test_cli_names_the_file(tmp_path, capsys):
                  "--weights", str(weights), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
     assert "small.png" in err and "too small" in err and "Traceback" not in err
+    # the same through `evaluate`: the shared evaluation loop names the pair's rainy file
+    data = tmp_path / "data"
+    write_image(data / "rain" / "tiny.png", np.full((10, 14, 3), 0.5, np.float32))
+    write_image(data / "norain" / "tiny.png", np.full((10, 14, 3), 0.4, np.float32))
+    assert main(["evaluate", "--model", "msgnn", "--weights", str(weights), "--data", str(data),
+                 "--device", "cpu", "--out", str(tmp_path / "eval")]) == 2
+    err = capsys.readouterr().err
+    assert "tiny.png" in err and "too small" in err and "Traceback" not in err
     ok = tmp_path / "ok.png"
     write_image(ok, np.full((32, 40, 3), 0.5, np.float32))
     assert main(["derain", str(ok), str(tmp_path / "ok_out.png"), "--model", "msgnn",

@@ -22,7 +22,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from derainkit.data import Pair, load_pair, write_manifest
-from derainkit.errors import DatasetError
+from derainkit.errors import DatasetError, naming_file
 from derainkit.fsutil import atomic_write_text
 from derainkit.io import write_image
 from derainkit.metrics.protocols import PROTOCOLS, Quantize, get_protocol, score
@@ -82,7 +82,8 @@ def evaluate(pairs: Sequence[Pair], predict: PredictFn | None, out_dir: str | Pa
         if predict is None:
             pred, info = rainy, {}
         else:
-            pred, info = predict(rainy, pair)
+            # errors from the model (e.g. an image too small for it) name the image they concern
+            pred, info = naming_file(pair.rainy, lambda: predict(rainy, pair))
         infos.append(info)
         row: dict[str, Any] = {"id": pair.id, "height": rainy.shape[0], "width": rainy.shape[1]}
         if pred.shape != clean.shape:

@@ -6,9 +6,9 @@ what its profile's store lacks) and render with :func:`render_table` / :func:`pl
 from __future__ import annotations
 
 from derainkit.experiments import paper_values
-from derainkit.experiments.lab import Lab, Profile, records_table
+from derainkit.experiments.lab import Lab, Profile
 from derainkit.experiments.store import Store, spec_key
 from derainkit.experiments.tables import Row, image_panel, plot_sweep, plot_table, render_table
 
 __all__ = ["Lab", "Profile", "Row", "Store", "image_panel", "paper_values", "plot_sweep", "plot_table",
-           "records_table", "render_table", "spec_key"]
+           "render_table", "spec_key"]

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from derainkit.errors import ConfigError, DerainkitError
-from derainkit.experiments.store import Store, spec_key
+from derainkit.experiments.store import Store
 
 _RESULTS_ENV = "DERAINKIT_RESULTS"
 
@@ -178,7 +178,7 @@ class Lab:
         def compute(key: str) -> dict[str, Any]:
             weights, run = self._train(cfg)
             result = self._evaluate(key, cfg.model, weights)
-            result.update(run=run, run_config=cfg.to_dict(), label_hint=_describe(cfg))
+            result.update(run=run, run_config=cfg.to_dict())
             return result
 
         return self.store.ensure(spec, compute, force=self.profile.force)
@@ -216,18 +216,18 @@ class Lab:
             raise DerainkitError(f"{image}: image not found")
         spec = {"kind": "derain_image", "run": record["key"], "image_sha256": file_sha256(image),
                 "max_side": int(max_side)}
-        key = spec_key(spec)
 
         def compute(key: str) -> dict[str, Any]:
             from derainkit.io import load_image, write_image
 
             weights = self._weights_of(record)
             pixels = _fit(load_image(image).pixels, max_side)
-            out, info = self._predict(record["run_config"]["model"], weights, pixels)
+            _, predictor = self._predictor(record["run_config"]["model"], weights)
+            out, plan = predictor(pixels)
             folder = self.store.artefact_dir(key)
             write_image(folder / "input.png", pixels)
             write_image(folder / "derained.png", out)
-            return {"image": image.name, "size": list(pixels.shape[:2]), "tiling": info,
+            return {"image": image.name, "size": list(pixels.shape[:2]), "tiling": plan.to_dict(),
                     "outputs": {"input": f"{key}/input.png", "derained": f"{key}/derained.png"},
                     "provenance": self._provenance()}
 
@@ -276,11 +276,6 @@ class Lab:
         net = build_model(model, dict(model_config) if model_config else None, weights, device="cpu")
         return spec, Predictor(net, spec.infer_bytes_per_pixel, device=self.profile.device)
 
-    def _predict(self, model: str, weights: Path, pixels):
-        _, predictor = self._predictor(model, weights)
-        out, plan = predictor(pixels)
-        return out, plan.to_dict()
-
     def _evaluate(self, key: str, model: str | None, weights: Path | None,
                   model_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
         from derainkit.data import discover_pairs, resolve_data_path
@@ -324,11 +319,6 @@ def _strip_volatile(out_dir: Path) -> None:
         (out_dir / name).unlink(missing_ok=True)
 
 
-def _describe(cfg) -> str:
-    mc = ", ".join(f"{k}={v}" for k, v in sorted(cfg.model_config.items()))
-    return f"{cfg.model}({mc}) crop {cfg.crop} batch {cfg.batch} {cfg.iterations} it, exemplar {cfg.exemplar}"
-
-
 def _rel(path: Path, root: Path) -> str:
     try:
         return str(Path(path).resolve().relative_to(Path(root).resolve()))
@@ -350,13 +340,3 @@ def _fit(pixels, max_side: int):
     out = F.interpolate(t, size=(max(1, round(h * scale)), max(1, round(w * scale))), mode="area")
     return out[0].permute(1, 2, 0).clamp(0, 1).numpy()
 
-
-def records_table(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Flat rows (key, kind, protocol metrics) of records, e.g. for a quick pandas look."""
-    rows = []
-    for r in records:
-        row = {"key": r["key"], "kind": r["spec"]["kind"]}
-        for proto, m in (r.get("metrics") or {}).items():
-            row[f"{proto}/psnr"], row[f"{proto}/ssim"] = m["psnr"], m["ssim"]
-        rows.append(row)
-    return rows

@@ -144,10 +144,7 @@ def describe(rows: Sequence[Row]) -> str:
 def plot_table(out_png: str | Path, title: str, rows: Sequence[Row], protocol: str, xlabel: str = "") -> Path:
     """Two panels: our PSNR per setting (measured) and the paper's (quoted), never on one axis, since
     they come from different data sets and schedules."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     labels = [r.setting for r in rows]
     ours = [((r.record or {}).get("metrics", {}).get(protocol) or {}).get("psnr") for r in rows]
@@ -182,10 +179,7 @@ def plot_table(out_png: str | Path, title: str, rows: Sequence[Row], protocol: s
 def plot_sweep(out_png: str | Path, title: str, rows: Sequence[Row], protocol: str, xlabel: str,
                paper_params_m: Mapping[Any, float] | None = None) -> Path:
     """PSNR and parameter count against a swept value (Figure 7: number of sub-networks N)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     pts = [(r.x, r.record["metrics"][protocol]["psnr"], r.record.get("parameters"))
            for r in rows if r.record and protocol in r.record.get("metrics", {})]
@@ -210,10 +204,7 @@ def plot_sweep(out_png: str | Path, title: str, rows: Sequence[Row], protocol: s
 
 def image_panel(out_png: str | Path, title: str, images: Sequence[tuple[str, str | Path]]) -> Path:
     """A row of images (label, PNG path), e.g. Figure 8/9's real-image comparisons."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     from derainkit.io import read_image
 
@@ -227,8 +218,18 @@ def image_panel(out_png: str | Path, title: str, images: Sequence[tuple[str, str
     return _save(fig, out_png)
 
 
-def _save(fig, out_png: str | Path) -> Path:
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed; notebooks show the PNGs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, out_png: str | Path) -> Path:
+    plt = _pyplot()
 
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 Each iteration is what ``derainkit.train`` does per step: draw the batch from the pure-function sampler
 (embedded training set, 64×64 crops, batch 8, exemplar crops for MSGNN with the "random" policy), then
-``train_step`` (forward, −SSIM loss, backward, Adam 5e-4). Default model configs (PReNet: 6 stages,
+the paired training task's step (forward, −SSIM loss, backward, Adam 5e-4). Default model configs (PReNet: 6 stages,
 32 channels; MSGNN: the code variant, N=4, M=12, C=32). After one untimed warm-up iteration, each
 iteration is timed; rows give the median, and how much of it was spent preparing the batch.
 
@@ -34,39 +34,26 @@ def _loadavg() -> str:
         return ""
 
 
-def _build(name: str):
-    """(model, available): through the registry when registered, MSGNN directly until it is."""
-    from derainkit.models import MODELS
-
-    if name in MODELS:
-        spec = MODELS[name]
-        return spec.build(spec.config_from_dict({}))
-    if name == "msgnn":
-        from derainkit.models.msgnn import MSGNN, MSGNNConfig
-
-        return MSGNN(MSGNNConfig())
-    raise KeyError(name)
-
-
 def _measure(name: str, iterations: int, device: torch.device) -> dict:
-    from derainkit.losses import get_loss
+    """Time the paired training task's own step (what ``derainkit train`` runs) on the embedded set."""
     from derainkit.train.config import RunConfig
-    from derainkit.train.dataset import PairSampler, TrainingSet
-    from derainkit.train.loop import make_optimizer, model_uses_exemplar, train_step
+    from derainkit.train.tasks import get_task
+    from derainkit.train.tasks.base import TaskContext
 
+    cfg = RunConfig(model=name, train_data="embedded:train", crop=CROP, batch=BATCH, val_data=None,
+                    exemplar="random" if name == "msgnn" else "none", device=str(device))
+    spec = get_task(cfg.resolved_task)
+    task = spec.build(TaskContext(run=cfg, device=device, progress=False), spec.config_from_dict({}))
+    sampler, _ = task.load_data()
     torch.manual_seed(66)
-    model = _build(name).to(device).train()
-    uses_exemplar = model_uses_exemplar(model)
-    data = TrainingSet.load("embedded:train", progress=False)
-    sampler = PairSampler(data, CROP, BATCH, seed=66, exemplar="random" if uses_exemplar else "none")
-    optimizer = make_optimizer(RunConfig(model=name), model.parameters())
-    loss_fn = get_loss("ssim")
+    task.build()
+    task.calls = dict(task.modules)
     data_s, step_s = [], []
     for it in range(1 + iterations):  # iteration 0 is the warm-up
         t0 = time.perf_counter()
-        batch = sampler.batch(it, with_exemplar=uses_exemplar)
+        batch = sampler.batch(it)
         t1 = time.perf_counter()
-        loss = train_step(model, model, optimizer, batch, loss_fn, device, uses_exemplar=uses_exemplar).item()
+        loss = float(task.step(batch, it)["loss"])
         sync(device)
         t2 = time.perf_counter()
         if it > 0:
@@ -75,8 +62,9 @@ def _measure(name: str, iterations: int, device: torch.device) -> dict:
         print(f"   {name} iteration {it}{' (warm-up)' if it == 0 else ''}: {t2 - t0:.2f} s, loss {loss:.4f}",
               flush=True)
     sec = statistics.median(step_s)
+    model = task.modules["model"]
     return {"model": name, "params": sum(p.numel() for p in model.parameters()), "batch": BATCH, "crop": CROP,
-            "exemplar": "random" if uses_exemplar else "none", "iterations_timed": iterations,
+            "exemplar": cfg.exemplar if task.uses_exemplar else "none", "iterations_timed": iterations,
             "seconds_per_iteration": round(sec, 4), "iterations_per_second": round(1.0 / sec, 4),
             "data_ms": round(1000 * statistics.median(data_s), 2),
             "timing": f"median of {iterations} after 1 warm-up", "device": device_name(device),

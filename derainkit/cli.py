@@ -13,7 +13,6 @@ from typing import Sequence
 
 from derainkit.errors import DerainkitError, naming_file
 
-PROTOCOL_NAMES = ("matlab-y", "y-float", "msgnn-rgb")
 
 
 def _add_model_args(ap: argparse.ArgumentParser, required: bool = True) -> None:
@@ -28,16 +27,11 @@ def _add_model_args(ap: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def _predictor(args: argparse.Namespace):
-    from derainkit.infer import Predictor
-    from derainkit.models import build_model, get_model_spec
+    from derainkit.infer import load_predictor
 
-    spec = get_model_spec(args.model)
-    if args.weights is None and spec.default_weights is None:
-        raise DerainkitError(f"model {args.model!r} ships no weights; pass --weights FILE")
     config = json.loads(args.config) if args.config else None
-    model = build_model(args.model, config, args.weights)
-    return spec, Predictor(model, spec.infer_bytes_per_pixel, device=args.device, tile=args.tile,
-                           overlap=args.overlap, blend=args.blend)
+    return load_predictor(args.model, args.weights, config, device=args.device, tile=args.tile,
+                          overlap=args.overlap, blend=args.blend)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -59,9 +53,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     model_config=predictor.model.config.to_dict() if hasattr(predictor.model, "config") else None)
         device = str(predictor.device)
 
-        def predict(rainy, pair):
-            out, plan = predictor(rainy)
-            return out, {"tiling": plan.to_dict()}
+        predict = predictor.predict_fn()
     else:
         predict, quantize, device = None, ("round" if args.quantize == "auto" else args.quantize), "cpu"
         meta.update(model=None, note="rainy images scored as they are (no model)")
@@ -121,6 +113,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from derainkit.data.layouts import LAYOUTS
+    from derainkit.metrics.protocols import PROTOCOLS
+
     ap = argparse.ArgumentParser(prog="derainkit", description="Deraining reproducibility kit")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -128,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(ev, required=False)
     ev.add_argument("--data", required=True,
                     help="dataset folder (any supported layout), or 'embedded[:test|train]' for the built-in set")
-    ev.add_argument("--layout", default="auto", help="auto, rain100, prenet, mprnet, side_by_side, rain1400")
-    ev.add_argument("--protocol", action="append", choices=PROTOCOL_NAMES,
+    ev.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS, help="dataset layout (default: detect)")
+    ev.add_argument("--protocol", action="append", choices=tuple(PROTOCOLS),
                     help="metric protocol (repeatable; default matlab-y)")
     ev.add_argument("--quantize", choices=("auto", "round", "trunc"), default="auto",
                     help="float output -> uint8 before uint8 protocols; auto = what the model's official test did")

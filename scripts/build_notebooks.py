@@ -7,10 +7,14 @@
 
 Notebooks stay thin: a parameters cell (smoke defaults; profiles in notebooks/profiles/*.yaml), a
 grid of runs fetched through `derainkit.experiments.Lab`, a checked summary, and rendering.
+
+This script is the notebooks' source: `tests/test_notebooks_generated.py` fails when a committed
+notebook's cells differ from what it writes (outputs aside), so edit here and rerun it.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -21,22 +25,44 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = ROOT / "notebooks"
+sys.path.insert(0, str(ROOT))  # the kit itself, when run from a clone without installing
 
-PARAMETERS = '''# Parameters (papermill). Defaults: the smoke profile (embedded synthetic data, seconds on a CPU).
-# Other profiles: `make {target} PROFILE=cpu|gpu|paper` passes notebooks/profiles/<profile>.yaml.
-profile = "smoke"
-results_dir = "../results"   # records and tables go to <results_dir>/<profile>/ ($DERAINKIT_RESULTS overrides)
-train_data = "embedded:train"
-test_data = "embedded:test"
-eval_limit = 3               # score the first N test pairs (0: all)
-iterations = 20
-crop = 48
-batch = 2
-model_config = {{"n_subnets": 2, "m_blocks": 1, "channels": 8, "window_size": 10}}  # base MSGNN config of every row
-run_overrides = {{}}           # any other RunConfig key: lr, precision, channels_last, exemplar, ...
-device = "auto"
-protocols = ["msgnn-rgb", "matlab-y"]  # the first is plotted; msgnn-rgb is the paper's protocol
-force = False                # recompute rows that already have a record{extra}'''
+# The parameters cell: the smoke profile's values (derainkit/experiments/profiles/smoke.yaml, the one
+# source of the defaults), each with its comment.
+_COMMENTS = {
+    "results_dir": "records and tables go to <results_dir>/<profile>/ ($DERAINKIT_RESULTS overrides)",
+    "eval_limit": "score the first N test pairs (0: all)",
+    "model_config": "base MSGNN config of every row",
+    "run_overrides": "any other RunConfig key: lr, precision, channels_last, exemplar, ...",
+    "protocols": "the first is plotted; msgnn-rgb is the paper's protocol",
+    "force": "recompute rows that already have a record",
+}
+_KEYS = ("profile", "results_dir", "train_data", "test_data", "eval_limit", "iterations", "crop", "batch",
+         "model_config", "run_overrides", "device", "protocols", "force")
+
+
+def _literal(value) -> str:
+    """Python source for a YAML value (JSON spelling, as the notebooks have always shown it)."""
+    if value is None or isinstance(value, bool):
+        return repr(value)
+    return json.dumps(value)
+
+
+def parameters(target: str, extra: str) -> str:
+    from derainkit.experiments.lab import profile_values
+
+    smoke = profile_values("smoke")
+    values = {**{k: smoke[k] for k in _KEYS if k in smoke}, "profile": smoke["name"], "results_dir": "../results",
+              "force": False}
+    lines = ["# Parameters (papermill). Defaults: the smoke profile (embedded synthetic data, seconds on a CPU).",
+             f"# Other profiles: `make {target} PROFILE=cpu|gpu|paper` passes notebooks/profiles/<profile>.yaml."]
+    for key in _KEYS:
+        line = f"{key} = {_literal(values[key])}"
+        if key in _COMMENTS:
+            line = (line.ljust(29) if len(line) < 29 else line + "  ") + "# " + _COMMENTS[key]
+        lines.append(line)
+    return "\n".join(lines) + extra
+
 
 SETUP = '''from pathlib import Path
 
@@ -61,7 +87,7 @@ def nb(item: str, target: str, title: str, intro: str, grid: str, extra_params: 
        plot_args: str = "", after: str = "") -> nbformat.NotebookNode:
     cells = [new_markdown_cell(f"# {title}\n\n{intro}\n\nRun: `make {target}` (smoke), "
                                f"`make {target} PROFILE=cpu`, or edit the parameters below and run all."),
-             new_code_cell(PARAMETERS.format(target=target, extra=extra_params), metadata={"tags": ["parameters"]}),
+             new_code_cell(parameters(target, extra_params), metadata={"tags": ["parameters"]}),
              new_code_cell(SETUP),
              new_code_cell(f"TITLE = {title!r}\n" + grid),
              new_code_cell(CHECK),

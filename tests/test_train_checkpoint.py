@@ -28,9 +28,9 @@ def _state(seed: int = 0, iteration: int = 3, cfg: RunConfig | None = None) -> d
     model(torch.rand(1, 3, 16, 16)).mean().backward()
     opt.step()
     sched.step()
-    return ck.make_checkpoint(model=model, optimizer=opt, scheduler=sched, iteration=iteration, total_iterations=10,
-                              model_name=cfg.model, config=cfg.to_dict(), config_hash=cfg.config_hash(),
-                              extra={"loss_sum": 1.5, "loss_n": 2})
+    return ck.make_checkpoint(modules={"model": model}, optimizers={"model": opt}, schedulers={"model": sched},
+                              iteration=iteration, total_iterations=10, model_name=cfg.model, config=cfg.to_dict(),
+                              config_hash=cfg.config_hash(), extra={"loss_sum": 1.5, "loss_n": 2})
 
 
 def _leftovers(folder):
@@ -44,8 +44,8 @@ def test_save_and_load_with_weights_only(tmp_path):
     raw = torch.load(path, weights_only=True)  # nothing but tensors and plain values
     assert raw["iteration"] == 3 and raw["model_name"] == "prenet"
     loaded = ck.load_checkpoint(tmp_path, model_name="prenet", config_hash=state["config_hash"])  # a run folder
-    for k, v in state["model"].items():
-        assert torch.equal(loaded["model"][k], v)
+    for k, v in state["modules"]["model"].items():
+        assert torch.equal(loaded["modules"]["model"][k], v)
     assert loaded["extra"] == {"loss_sum": 1.5, "loss_n": 2}
     assert _leftovers(tmp_path / "checkpoints") == []
     # A later save replaces latest.pt but leaves the kept iteration file alone.

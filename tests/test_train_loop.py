@@ -121,14 +121,14 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, model, tinyex):
     assert resumed.finished and resumed.iteration == 8
 
     a, b = _final_state(whole.run_dir), _final_state(resumed.run_dir)
-    assert a["model"].keys() == b["model"].keys()
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
-    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert a["modules"]["model"].keys() == b["modules"]["model"].keys()
+    assert all(torch.equal(a["modules"]["model"][k], b["modules"]["model"][k]) for k in a["modules"]["model"])
+    sa, sb = a["optimizers"]["model"]["state"], b["optimizers"]["model"]["state"]
     assert sa.keys() == sb.keys()
     for p in sa:
         for k in sa[p]:
             assert torch.equal(torch.as_tensor(sa[p][k]), torch.as_tensor(sb[p][k])), (p, k)
-    assert a["scheduler"] == b["scheduler"]
+    assert a["schedulers"] == b["schedulers"]
     assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
     wa, _ = read_exported(whole.weights)
     wb, _ = read_exported(resumed.weights)

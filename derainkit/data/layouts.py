@@ -38,7 +38,6 @@ from derainkit.io import IMAGE_EXTENSIONS, _exif_orientation, read_image
 
 PathLike = Union[str, os.PathLike]
 
-LAYOUTS = ("rain100", "prenet", "mprnet", "side_by_side", "rain1400", "unpaired")
 CLEAN_SIDES = ("left", "right")
 
 _RAINY_DIRS = ("rain", "rainy")  # rain100's rainy folder names, in order of preference
@@ -375,6 +374,19 @@ def _looks_side_by_side(files: Sequence[Path]) -> bool:
     return bool(scores) and float(np.median(scores)) > 0.6
 
 
+# Layout name -> discovery function (the one list of layouts: LAYOUTS, the CLI help and the run config
+# read it). Each takes the root plus the options only some layouts use.
+_DISCOVER = {
+    "rain100": lambda root, **_: _discover_rain100(root),
+    "prenet": lambda root, **_: _discover_prenet(root),
+    "mprnet": lambda root, **_: _discover_mprnet(root),
+    "side_by_side": lambda root, clean_side, **_: _discover_side_by_side(root, clean_side),
+    "rain1400": lambda root, **_: _discover_rain1400(root),
+    "unpaired": lambda root, forced, **_: _discover_unpaired(root, forced),
+}
+LAYOUTS = tuple(_DISCOVER)
+
+
 def _candidates(root: Path) -> list[str]:
     found = []
     if (root / "input").is_dir() and (root / "target").is_dir():
@@ -439,18 +451,7 @@ def discover_pairs(root: PathLike, layout: str = "auto", clean_side: str = "left
     if not forced:
         layout = detect_layout(root)
     try:
-        if layout == "rain100":
-            pairs = _discover_rain100(root)
-        elif layout == "prenet":
-            pairs = _discover_prenet(root)
-        elif layout == "mprnet":
-            pairs = _discover_mprnet(root)
-        elif layout == "rain1400":
-            pairs = _discover_rain1400(root)
-        elif layout == "side_by_side":
-            pairs = _discover_side_by_side(root, clean_side)
-        else:
-            pairs = _discover_unpaired(root, forced)
+        pairs = _DISCOVER[layout](root, clean_side=clean_side, forced=forced)
     except DatasetError as exc:
         if forced:
             guess = _candidates(root) if root.is_dir() else []

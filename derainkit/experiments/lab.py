@@ -21,42 +21,82 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from derainkit.errors import ConfigError, DerainkitError
+from derainkit.strictconfig import coerce_fields, strict_from_dict
 from derainkit.experiments.store import Store
 
 _RESULTS_ENV = "DERAINKIT_RESULTS"
 
 
+PROFILES_DIR = Path(__file__).resolve().parent / "profiles"  # also at notebooks/profiles (a link)
+
+
+def profile_values(name: str) -> dict[str, Any]:
+    """The values of ``profiles/<name>.yaml`` (its ``profile:`` key becomes ``name``)."""
+    import yaml
+
+    path = PROFILES_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown profile {name!r}: no {path}; profiles: {known}")
+    values = yaml.safe_load(path.read_text()) or {}
+    values["name"] = values.pop("profile", name)
+    return values
+
+
+_SMOKE = profile_values("smoke")  # the defaults everywhere: Profile, the notebooks' parameters cells, CI
+
+
 @dataclass
 class Profile:
-    """The knobs a notebook's ``parameters`` cell exposes (defaults: the smoke profile)."""
+    """The knobs a notebook's ``parameters`` cell exposes (defaults: ``profiles/smoke.yaml``)."""
 
     name: str = "smoke"
     results_dir: str = "results"   # $DERAINKIT_RESULTS overrides (CI points it at a scratch folder)
-    train_data: str = "embedded:train"
-    test_data: str = "embedded:test"
-    eval_limit: int = 3            # score only the first N test pairs (0: all)
-    iterations: int | None = 20  # None: epochs from run_overrides (the paper profile)
-    crop: int = 48
-    batch: int = 2
-    model_config: dict = field(default_factory=lambda: {"n_subnets": 2, "m_blocks": 1, "channels": 8, "window_size": 10})
-    run_overrides: dict = field(default_factory=dict)  # any other RunConfig keys (lr, precision, ...)
-    device: str = "auto"
-    protocols: tuple = ("msgnn-rgb", "matlab-y")
+    model: str = "msgnn"           # the family that model_config configures (the paper's model)
+    train_data: str = _SMOKE["train_data"]
+    test_data: str = _SMOKE["test_data"]
+    eval_limit: int = _SMOKE["eval_limit"]  # score only the first N test pairs (0: all)
+    iterations: int | None = _SMOKE["iterations"]  # None: epochs from run_overrides (the paper profile)
+    crop: int = _SMOKE["crop"]
+    batch: int = _SMOKE["batch"]
+    model_config: dict = field(default_factory=lambda: dict(_SMOKE["model_config"]))
+    run_overrides: dict = field(default_factory=lambda: dict(_SMOKE["run_overrides"]))  # other RunConfig keys
+    device: str = _SMOKE["device"]
+    protocols: tuple[str, ...] = tuple(_SMOKE["protocols"])
     force: bool = False            # recompute even when a record exists
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.force, str):  # `make ... FORCE=1` passes text
+            self.force = self.force.strip().lower() not in ("", "0", "false", "no")
+        coerce_fields(self)
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse values that would silently change what is measured (ConfigError naming the parameter)."""
+        from derainkit.metrics.protocols import PROTOCOLS
+        from derainkit.models import get_model_spec
+
+        if self.eval_limit < 0:
+            raise ConfigError(f"eval_limit={self.eval_limit} must be >= 0 (0 scores every test image)")
+        for name in ("crop", "batch", "iterations"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name}={value} must be >= 1")
+        if not self.protocols or any(p not in PROTOCOLS for p in self.protocols):
+            raise ConfigError(f"protocols={list(self.protocols)}: choose from {list(PROTOCOLS)}")
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ConfigError(f"profile name {self.name!r} must be a plain folder name")
+        spec = get_model_spec(self.model)
+        try:
+            spec.config_from_dict(dict(self.model_config))
+        except ConfigError as exc:
+            raise ConfigError(f"model_config (model {self.model!r}): {exc}") from None
 
     @classmethod
     def from_params(cls, **params: Any) -> "Profile":
         """Build from a notebook's parameters; unknown names are an error naming the valid ones."""
-        valid = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(k for k in params if k not in valid)
-        if unknown:
-            raise ConfigError(f"unknown profile parameter(s) {unknown}; valid: {valid}")
-        if "protocols" in params:
-            params["protocols"] = tuple(params["protocols"])
-        if isinstance(params.get("force"), str):  # `make ... FORCE=1` passes text
-            params["force"] = params["force"].strip().lower() not in ("", "0", "false", "no")
-        return cls(**params)
+        return strict_from_dict(cls, params, "profile parameter")
 
     @property
     def root(self) -> Path:
@@ -147,8 +187,10 @@ class Lab:
         """The RunConfig of a profile run: profile data/schedule/base model config, then ``overrides``."""
         from derainkit.train import RunConfig
 
+        from derainkit.models import get_model_spec
+
         p = self.profile
-        mc = dict(p.model_config) if model == "msgnn" else {}
+        mc = dict(p.model_config) if model == p.model else {}
         mc.update(model_config or {})
         data = dict(model=model, model_config=mc, train_data=p.train_data, val_data=None,
                     iterations=p.iterations, crop=p.crop, batch=p.batch, device=p.device,
@@ -157,8 +199,8 @@ class Lab:
         data.update(overrides)
         if "epochs" in data or data.get("iterations") is None:  # an epoch-counted schedule (paper profile)
             data.pop("iterations", None)
-        if model != "msgnn" and "exemplar" not in overrides:
-            data["exemplar"] = "none"
+        if not get_model_spec(model).uses_exemplar and "exemplar" not in overrides:
+            data["exemplar"] = "none"  # the family has no exemplar input (a policy would only be recorded unused)
         return RunConfig.from_dict(data)
 
     def _run_identity(self, cfg) -> dict[str, Any]:
@@ -269,12 +311,9 @@ class Lab:
         return weights
 
     def _predictor(self, model: str, weights: Path | None, model_config: Mapping[str, Any] | None = None):
-        from derainkit.infer import Predictor
-        from derainkit.models import build_model, get_model_spec
+        from derainkit.infer import load_predictor
 
-        spec = get_model_spec(model)
-        net = build_model(model, dict(model_config) if model_config else None, weights, device="cpu")
-        return spec, Predictor(net, spec.infer_bytes_per_pixel, device=self.profile.device)
+        return load_predictor(model, weights, dict(model_config) if model_config else None, device=self.profile.device)
 
     def _evaluate(self, key: str, model: str | None, weights: Path | None,
                   model_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -296,9 +335,7 @@ class Lab:
             extra["parameters"] = sum(t.numel() for t in predictor.model.parameters())
             extra["trainable_parameters"] = sum(t.numel() for t in predictor.model.parameters() if t.requires_grad)
 
-            def predict(rainy, pair):
-                out, plan = predictor(rainy)
-                return out, {"tiling": plan.to_dict()}
+            predict = predictor.predict_fn()
 
         result = evaluate(pairs, predict, out_dir, sorted(p.protocols), quantize=quantize, data_root=root,
                           meta={"model": model}, device=device, progress=p.progress)

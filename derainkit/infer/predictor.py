@@ -1,7 +1,8 @@
 """A model bound to a device and a tiling policy: numpy image in, numpy image out."""
 from __future__ import annotations
 
-from typing import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -10,6 +11,9 @@ import torch.nn as nn
 from derainkit.errors import DerainkitError
 from derainkit.infer.tiling import Blend, TilePlan, plan_tiles, run_tiled
 from derainkit.io import image_to_tensor, tensor_to_image
+
+if TYPE_CHECKING:
+    from derainkit.models import ModelSpec
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -45,3 +49,25 @@ class Predictor:
         out = run_tiled(lambda x: self._forward(self.model, x), image_to_tensor(pixels), plan, self.device,
                         progress=progress)
         return tensor_to_image(out), plan
+
+    def predict_fn(self) -> Callable[[np.ndarray, object], tuple[np.ndarray, dict]]:
+        """``(rainy, pair) -> (derained, {"tiling": plan})``: what ``metrics.evaluate`` calls."""
+        def predict(rainy: np.ndarray, _pair: object) -> tuple[np.ndarray, dict]:
+            out, plan = self(rainy)
+            return out, {"tiling": plan.to_dict()}
+
+        return predict
+
+
+def load_predictor(model: str, weights: str | Path | None = None, config: Mapping[str, Any] | None = None,
+                   device: str | torch.device = "auto", tile: int | str | None = "auto", overlap: int = 32,
+                   blend: Blend = "linear") -> tuple["ModelSpec", Predictor]:
+    """(registry entry, predictor) for a model name with its weights (default: the shipped ones): the one
+    way the CLI and the Lab turn a name and a file into something that derains images."""
+    from derainkit.models import build_model, get_model_spec
+
+    spec = get_model_spec(model)
+    if weights is None and spec.default_weights is None:
+        raise DerainkitError(f"model {model!r} ships no weights; pass --weights FILE")
+    net = build_model(model, dict(config) if config is not None else None, weights)
+    return spec, Predictor(net, spec.infer_bytes_per_pixel, device=device, tile=tile, overlap=overlap, blend=blend)

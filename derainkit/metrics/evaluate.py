@@ -51,6 +51,30 @@ def _mean(values: Sequence[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
+def score_image(pred: np.ndarray, rainy: np.ndarray, clean: np.ndarray, protocols: Sequence[str],
+                quantize: Quantize, name: str | Path = "image") -> dict[str, float]:
+    """``<protocol>/psnr``, ``/ssim``, ``/input_psnr``, ``/input_ssim`` of one image: the one scoring path
+    of ``evaluate``, the Lab and training-time validation (so their figures agree). Float predictions
+    are quantised by ``quantize`` (the model's official rule) for uint8 protocols; the rainy input,
+    read from a file, by rounding."""
+    row: dict[str, float] = {}
+    for proto in protocols:
+        try:
+            s = score(pred, clean, proto, quantize=quantize)
+            s_in = score(rainy, clean, proto, quantize="round")
+        except ValueError as exc:  # e.g. an image smaller than the SSIM window
+            raise DatasetError(f"{name}: cannot be scored under {proto}: {exc}") from None
+        row.update({f"{proto}/psnr": s.psnr, f"{proto}/ssim": s.ssim,
+                    f"{proto}/input_psnr": s_in.psnr, f"{proto}/input_ssim": s_in.ssim})
+    return row
+
+
+def mean_scores(rows: Sequence[dict[str, Any]], protocols: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Per protocol, the means of ``score_image`` rows (non-finite PSNRs of exact images left out)."""
+    return {proto: {key: _mean([r[f"{proto}/{key}"] for r in rows])
+                    for key in ("psnr", "ssim", "input_psnr", "input_ssim")} for proto in protocols}
+
+
 def evaluate(pairs: Sequence[Pair], predict: PredictFn | None, out_dir: str | Path,
              protocols: Iterable[str] = ("matlab-y",), quantize: Quantize = "round",
              save_dir: str | Path | None = None, data_root: str | Path | None = None,
@@ -85,18 +109,11 @@ def evaluate(pairs: Sequence[Pair], predict: PredictFn | None, out_dir: str | Pa
             # errors from the model (e.g. an image too small for it) name the image they concern
             pred, info = naming_file(pair.rainy, lambda: predict(rainy, pair))
         infos.append(info)
-        row: dict[str, Any] = {"id": pair.id, "height": rainy.shape[0], "width": rainy.shape[1]}
         if pred.shape != clean.shape:
             raise DatasetError(f"{pair.rainy}: prediction is {pred.shape[1]}x{pred.shape[0]} but its ground truth "
                                f"{pair.clean} is {clean.shape[1]}x{clean.shape[0]}")
-        for proto in protocols:
-            try:
-                s = score(pred, clean, proto, quantize=quantize)
-                s_in = score(rainy, clean, proto, quantize="round")
-            except ValueError as exc:  # e.g. an image smaller than the SSIM window
-                raise DatasetError(f"{pair.rainy}: cannot be scored under {proto}: {exc}") from None
-            row.update({f"{proto}/psnr": s.psnr, f"{proto}/ssim": s.ssim,
-                        f"{proto}/input_psnr": s_in.psnr, f"{proto}/input_ssim": s_in.ssim})
+        row: dict[str, Any] = {"id": pair.id, "height": rainy.shape[0], "width": rainy.shape[1],
+                               **score_image(pred, rainy, clean, protocols, quantize, pair.rainy)}
         if info.get("tiling") is not None:
             row["tile"] = info["tiling"].get("tile")
         rows.append(row)
@@ -110,8 +127,7 @@ def evaluate(pairs: Sequence[Pair], predict: PredictFn | None, out_dir: str | Pa
         writer.writeheader()
         writer.writerows(rows)
     digest = write_manifest(list(pairs), out_dir / "manifest.csv")
-    means = {proto: {key: _mean([r[f"{proto}/{key}"] for r in rows])
-                     for key in ("psnr", "ssim", "input_psnr", "input_ssim")} for proto in protocols}
+    means = mean_scores(rows, protocols)
     # how many images ran whole or with each tile setting (the reasons live in per_image.csv's tile column)
     tiling_counts: dict[str, int] = {}
     for info in infos:

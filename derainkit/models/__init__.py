@@ -2,8 +2,13 @@
 
 No decorators or config indirection: each entry says which typed config the model takes, how
 official or kit weights are loaded, how its official test script turned outputs into uint8
-(so a protocol can reproduce published numbers), and roughly how much memory inference needs
-per pixel (so tiling can be planned before running out of memory).
+(so a protocol can reproduce published numbers), roughly how much memory inference needs per pixel
+(so tiling can be planned before running out of memory), and which training task trains it.
+
+:func:`build_model` is the one way from a name and/or a weights file to a network: a kit
+``.safetensors`` export carries its model name and config, so ``build_model(weights=path)`` rebuilds
+exactly the network that was trained. Model modules are imported when first built, so reading the
+registry (e.g. to validate a run config) does not load the networks or the kNN engine.
 """
 from __future__ import annotations
 
@@ -14,32 +19,20 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn as nn
 
-from derainkit.errors import CheckpointError, ConfigError
-from derainkit.models.msgnn import MSGNN, MSGNNConfig, load_official_state_dict
-from derainkit.models.prenet import PReNet, PReNetConfig, load_prenet_weights
+from derainkit.errors import CheckpointError, ConfigError, naming_file
+from derainkit.lazy import lazy
+from derainkit.weights import read_metadata, shipped
 
 
-def _load_msgnn_weights(model: nn.Module, path: Path) -> nn.Module:
+def _msgnn_weights(model: nn.Module, path: Path) -> nn.Module:
     """Official MSGNN checkpoints (.pth, official or kit key names) or kit .safetensors exports."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from derainkit.train.checkpoint import read_exported
+    from derainkit.models.msgnn import load_official_state_dict
 
-        state, _meta = read_exported(path)
-        try:
-            return load_official_state_dict(model, state)
-        except CheckpointError as exc:
-            raise CheckpointError(f"{path}: {exc}") from None
-    return load_official_state_dict(model, path)
+    return naming_file(path, lambda: load_official_state_dict(model, path))
 
 
-SHIPPED_WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-
-
-def _shipped(name: str) -> Path | None:
-    """A checkpoint shipped in derainkit/weights/ (see its README.md for how it was trained), if present."""
-    path = SHIPPED_WEIGHTS_DIR / name
-    return path if path.is_file() else None
+def _msgnn_exemplar_on(config: Any) -> bool:
+    return "exemplar" in config.branches  # the exemplar branch exists only with the graph on
 
 
 @dataclass(frozen=True)
@@ -51,64 +44,95 @@ class ModelSpec:
     load_weights: Callable[[nn.Module, Path], nn.Module]
     official_quantize: str  # "trunc" or "round": what the official test script did before scoring
     infer_bytes_per_pixel: float  # measured peak inference memory per input pixel (fp32, CPU)
-    uses_exemplar: bool = False
+    uses_exemplar: bool = False  # the family has an exemplar input (forward(x, exemplar=...))
     default_weights: Path | None = None  # weights shipped with the kit, if any
+    task: str = "paired"  # the training task (derainkit.train.tasks) that trains it by default
+    exemplar_on: Callable[[Any], bool] | None = None  # from a config: is the exemplar branch on?
+
+    def takes_exemplar(self, config: Any) -> bool:
+        """Whether a network built from ``config`` takes an exemplar: the family has the input and the
+        config keeps the branch on (``exemplar_on``, else a boolean ``exemplar`` field, else yes)."""
+        if not self.uses_exemplar:
+            return False
+        if self.exemplar_on is not None:
+            return bool(self.exemplar_on(config))
+        return bool(getattr(config, "exemplar", True))
 
 
 MODELS: dict[str, ModelSpec] = {
     "prenet": ModelSpec(
         name="prenet",
         description="PReNet (Ren et al., CVPR 2019), 6 recurrent stages; loads the official weights",
-        config_from_dict=PReNetConfig.from_dict,
-        build=PReNet,
-        load_weights=load_prenet_weights,
+        config_from_dict=lazy("derainkit.models.prenet", "PReNetConfig.from_dict"),
+        build=lazy("derainkit.models.prenet", "PReNet"),
+        load_weights=lazy("derainkit.models.prenet", "load_prenet_weights"),
         official_quantize="trunc",  # official test_PReNet.py: np.uint8(255 * clamp(out, 0, 1))
         infer_bytes_per_pixel=3000.0,  # ~2.5 kB/px measured at 512x512 on CPU, rounded up
     ),
     "msgnn": ModelSpec(
         name="msgnn",
         description="MSGNN (Wang et al., IJCAI-24), multi-scale graph network with exemplar; variants code|paper",
-        config_from_dict=MSGNNConfig.from_dict,
-        build=MSGNN,
-        load_weights=_load_msgnn_weights,
+        config_from_dict=lazy("derainkit.models.msgnn.config", "MSGNNConfig.from_dict"),
+        build=lazy("derainkit.models.msgnn.model", "MSGNN"),
+        load_weights=_msgnn_weights,
         # the official eval.py scores floats (msgnn-rgb); for uint8 protocols we round, as saved PNGs are
         official_quantize="round",
         infer_bytes_per_pixel=4000.0,  # 3.06 GB extra measured at 1024x1024 (~2.9 kB/px) plus headroom
         uses_exemplar=True,
-        default_weights=_shipped("msgnn_raintrainl.safetensors"),
+        default_weights=shipped("msgnn_raintrainl.safetensors"),
+        exemplar_on=_msgnn_exemplar_on,
     ),
 }
-
-
-def register(spec: ModelSpec) -> None:
-    MODELS[spec.name] = spec
 
 
 def get_model_spec(name: str) -> ModelSpec:
     try:
         return MODELS[name]
-    except KeyError:
+    except (KeyError, TypeError):
         raise ConfigError(f"unknown model {name!r}; available: {', '.join(sorted(MODELS))}") from None
 
 
-def build_model(name: str, config: Mapping[str, Any] | None = None, weights: str | Path | None = None,
-                device: torch.device | str = "cpu") -> nn.Module:
-    """Build a registered model in eval mode on ``device``, with weights if given (or shipped)."""
+def build_model(name: str | None = None, config: Mapping[str, Any] | None = None,
+                weights: str | Path | None = None, device: torch.device | str = "cpu") -> nn.Module:
+    """Build a registered model in eval mode on ``device``, with ``weights`` if given (else the shipped ones).
+
+    ``name`` may be omitted when ``weights`` is a kit ``.safetensors`` export, which names its model; its
+    stored config is used when ``config`` is None. A file exported for another model is refused.
+    """
+    path = Path(weights) if weights is not None else None
+    meta = exported_metadata(path) if path is not None else {}
+    if name is None:
+        if "model" not in meta:
+            raise ConfigError("build_model needs a model name, or a kit .safetensors file that records one"
+                              + (f" ({path} does not)" if path is not None else ""))
+        name = meta["model"]
     spec = get_model_spec(name)
-    path = Path(weights) if weights is not None else spec.default_weights
-    if config is None and path is not None and path.suffix == ".safetensors":
-        config = _exported_config(path, name)
+    if meta.get("model") not in (None, name):
+        raise CheckpointError(f"{path}: holds weights of model {meta['model']!r}, not {name!r}")
+    if path is None:
+        path = spec.default_weights
+        meta = exported_metadata(path) if path is not None else {}
+    if config is None:
+        config = meta.get("model_config")
     model = spec.build(spec.config_from_dict(config))
     if path is not None:
         spec.load_weights(model, path)
     return model.to(device).eval()
 
 
-def _exported_config(path: Path, name: str) -> Mapping[str, Any] | None:
-    """The model config stored in a kit ``.safetensors`` export (so weights rebuild their own network)."""
-    from derainkit.train.checkpoint import read_exported
+def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """(model, metadata) of a kit ``.safetensors`` export: the network it names, with its weights."""
+    meta = exported_metadata(Path(path))
+    if "model" not in meta:
+        raise CheckpointError(f"{path}: no model name in its metadata; load it with the model's own loader")
+    return build_model(meta["model"], meta.get("model_config") or {}, path, device), meta
 
-    _state, meta = read_exported(path)
-    if meta.get("model") not in (None, name):
-        raise CheckpointError(f"{path}: holds weights of model {meta['model']!r}, not {name!r}")
-    return meta.get("model_config")
+
+def exported_metadata(path: Path | None) -> dict:
+    """The kit metadata of a ``.safetensors`` export ({} for other files and for None)."""
+    if path is None or Path(path).suffix != ".safetensors":
+        return {}
+    return read_metadata(path)
+
+
+__all__ = ["MODELS", "ModelSpec", "build_model", "exported_metadata", "get_model_spec", "load_exported"]

@@ -12,7 +12,7 @@ arithmetic in one call; ``load_official_state_dict`` maps the official checkpoin
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -21,6 +21,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from derainkit.errors import CheckpointError, ConfigError
+from derainkit.strictconfig import coerce_fields, strict_from_dict
+from derainkit.weights import read_state_dict
 
 _GATES = ("i", "f", "g", "o")  # input, forget, cell candidate, output
 
@@ -32,17 +34,14 @@ class PReNetConfig:
     res_blocks: int = 5
     recurrent: bool = True  # False gives PRN (no LSTM)
 
+    def __post_init__(self) -> None:
+        coerce_fields(self, prefix="PReNetConfig.")
+        if self.stages < 1 or self.channels < 1 or self.res_blocks < 0:
+            raise ConfigError(f"invalid PReNet config {self}: stages and channels must be >= 1, res_blocks >= 0")
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "PReNetConfig":
-        d = dict(d or {})
-        valid = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - valid)
-        if unknown:
-            raise ConfigError(f"unknown PReNet config key(s) {unknown}; valid keys: {sorted(valid)}")
-        cfg = cls(**d)
-        if cfg.stages < 1 or cfg.channels < 1 or cfg.res_blocks < 0:
-            raise ConfigError(f"invalid PReNet config {cfg}")
-        return cfg
+        return strict_from_dict(cls, d, "PReNet config", sort_valid=True)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -106,28 +105,14 @@ def official_to_kit(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor
     return out
 
 
-def load_prenet_weights(model: PReNet, path: str | Path, map_location: str | torch.device = "cpu") -> PReNet:
+def load_prenet_weights(model: PReNet, path: str | Path) -> PReNet:
     """Load official PReNet weights (legacy or zip torch pickle, plain or DataParallel) or kit weights.
 
     Accepts ``.pth`` files from the official repository and ``.safetensors`` or ``.pth`` files
     written by the kit. Tensors only are unpickled (``weights_only=True``).
     """
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: weights file not found")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device=str(map_location))
-        else:
-            state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # torch raises many types for a bad file
-        raise CheckpointError(f"{path}: cannot be read as a weights file ({type(exc).__name__}: {exc})") from None
-    if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
-        state = state["model"]  # a kit training checkpoint
-    if not isinstance(state, Mapping):
-        raise CheckpointError(f"{path}: expected a state_dict, found {type(state).__name__}")
+    state = read_state_dict(path)
     if any(k.removeprefix("module.").startswith("conv0.") for k in state):
         try:
             state = official_to_kit(state)

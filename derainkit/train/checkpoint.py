@@ -1,12 +1,18 @@
-"""Training checkpoints (atomic, resumable, loadable with ``weights_only=True``) and weight export.
+"""Training checkpoints: atomic, resumable, loadable with ``weights_only=True``.
 
-A checkpoint is a dict of tensors and plain Python values only: model and optimizer state, scheduler
-state, the iteration, every RNG state (torch, numpy, python, CUDA) stored as tensors/lists, the run
-config and its hash. Writing goes to a temporary file in the same folder, is fsynced, then renamed over
-the target with ``os.replace``: a crash mid-write leaves the previous checkpoint untouched and no
+A checkpoint is a dict of tensors and plain Python values only: the state of every module, optimizer
+and scheduler the training task owns (by name), the task's own state (e.g. loss weights), the
+iteration, every RNG state (torch, numpy, python, CUDA) stored as tensors/lists, the run config and
+its hash. Writing goes to a temporary file in the same folder, is fsynced, then renamed over the
+target with ``os.replace``: a crash mid-write leaves the previous checkpoint untouched and no
 temporary file behind.
 
-Final weights are exported to ``.safetensors`` (weights only, no pickle) with a JSON metadata dict.
+Format 2 (this one) holds ``modules``/``optimizers``/``schedulers`` dicts; format 1 (one ``model``,
+``optimizer``, ``scheduler``, written before training tasks existed) is read as the paired task's
+``model`` entries, so older runs still resume.
+
+Final weights are exported by :mod:`derainkit.weights` (``.safetensors``, weights only, byte-stable);
+``export_safetensors``/``read_exported``/``load_exported`` are re-exported here for older callers.
 """
 from __future__ import annotations
 
@@ -23,11 +29,13 @@ import torch.nn as nn
 
 from derainkit.errors import CheckpointError
 from derainkit.fsutil import atomic_path
+from derainkit.weights import METADATA_KEY, export_safetensors, read_exported, state_of  # noqa: F401 (re-exported)
+from derainkit.weights import unwrap as unwrap_model  # noqa: F401 (re-exported)
 
 FORMAT = "derainkit-train-checkpoint"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 LATEST = "latest.pt"
-METADATA_KEY = "derainkit"  # safetensors metadata entry holding our JSON
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -103,17 +111,6 @@ def load_scheduler_state(scheduler: Any, state: Mapping[str, Any]) -> None:
 # ---------------------------------------------------------------------------------------------------
 # checkpoints
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The bare module inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
-
-
 def save_checkpoint(folder: str | Path, state: Mapping[str, Any], iteration: int, keep_iteration: bool = False) -> Path:
     """Write ``<folder>/latest.pt`` atomically (and ``iter_<n>.pt`` beside it when ``keep_iteration``).
 
@@ -126,24 +123,45 @@ def save_checkpoint(folder: str | Path, state: Mapping[str, Any], iteration: int
     return latest
 
 
-def make_checkpoint(*, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, iteration: int,
-                    total_iterations: int, model_name: str, config: Mapping[str, Any], config_hash: str,
+def make_checkpoint(*, modules: Mapping[str, nn.Module], optimizers: Mapping[str, torch.optim.Optimizer],
+                    schedulers: Mapping[str, Any], iteration: int, total_iterations: int, model_name: str,
+                    config: Mapping[str, Any], config_hash: str, task: str = "paired",
+                    task_state: Mapping[str, Any] | None = None,
                     extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The checkpoint dict: weights_only-loadable values only."""
+    """The checkpoint dict (format 2): weights_only-loadable values only."""
     return {
         "format": FORMAT,
         "version": VERSION,
         "model_name": model_name,
+        "task": task,
         "config": json.loads(json.dumps(dict(config))),
         "config_hash": config_hash,
         "iteration": int(iteration),
         "total_iterations": int(total_iterations),
-        "model": {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()},
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler_state(scheduler),
+        "modules": {name: state_of(m) for name, m in modules.items()},
+        "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+        "schedulers": {name: scheduler_state(sch) for name, sch in schedulers.items()},
+        "task_state": dict(task_state or {}),
         "rng": rng_state(),
         "extra": dict(extra or {}),
     }
+
+
+def _upgrade(state: dict[str, Any]) -> dict[str, Any]:
+    """A format-1 checkpoint (one model) in format-2 form: the paired task's ``model`` entries."""
+    if state.get("version") == 1:
+        state = dict(state)
+        state["modules"] = {"model": state.pop("model")}
+        state["optimizers"] = {"model": state.pop("optimizer")}
+        state["schedulers"] = {"model": state.pop("scheduler")}
+        state.setdefault("task", "paired")
+        state.setdefault("task_state", {})
+        extra = dict(state.get("extra") or {})
+        if "loss_sum" in extra:
+            extra["loss_sums"] = {"loss": extra.pop("loss_sum")}
+        state["extra"] = extra
+        state["version"] = VERSION
+    return state
 
 
 def load_checkpoint(path: str | Path, model_name: str | None = None, config_hash: str | None = None,
@@ -163,8 +181,10 @@ def load_checkpoint(path: str | Path, model_name: str | None = None, config_hash
     if not isinstance(state, Mapping) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a derainkit training checkpoint (for weights, use the model's "
                               "loader or load_exported)")
-    if state.get("version") != VERSION:
-        raise CheckpointError(f"{path}: checkpoint format version {state.get('version')}, this kit reads {VERSION}")
+    if state.get("version") not in READABLE_VERSIONS:
+        raise CheckpointError(f"{path}: checkpoint format version {state.get('version')}, this kit reads "
+                              f"{list(READABLE_VERSIONS)}")
+    state = _upgrade(dict(state))
     if model_name is not None and state["model_name"] != model_name:
         raise CheckpointError(f"{path}: checkpoint of model {state['model_name']!r}, but this run trains "
                               f"{model_name!r}")
@@ -193,64 +213,8 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-# ---------------------------------------------------------------------------------------------------
-# exported weights
-
-def export_safetensors(model: nn.Module, path: str | Path, metadata: Mapping[str, Any]) -> Path:
-    """Write the model's weights (only) to ``path`` with ``metadata`` as JSON, atomically.
-
-    Metadata should carry the model name and config (``model``, ``model_config``), so that
-    ``load_exported`` can rebuild the network; the run config hash, commit, iterations and metrics are
-    recorded alongside.
-    """
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Own contiguous copies: safetensors refuses tensors that share storage.
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in unwrap_model(model).state_dict().items()}
-    text = json.dumps(dict(metadata), sort_keys=True, default=str)
-    with atomic_path(path, durable=True) as tmp:
-        save_file(tensors, str(tmp), metadata={METADATA_KEY: text, "format": "pt"})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates 0600 files; make it like any other output
-    return path
-
-
-def read_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
-    """(state_dict, metadata) of a ``.safetensors`` file written by ``export_safetensors``."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: weights file not found")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            raw = fh.metadata() or {}
-        state = load_file(str(path), device=str(device))
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
-        raise CheckpointError(f"{path}: cannot be read as safetensors ({type(exc).__name__}: {exc})") from None
-    try:
-        meta = json.loads(raw.get(METADATA_KEY, "{}"))
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: metadata is not valid JSON ({exc})") from None
-    return state, meta
-
-
 def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Rebuild the trained model from an exported ``.safetensors`` (via the registry) in eval mode."""
-    from derainkit.models import get_model_spec
+    """(model, metadata) of a kit ``.safetensors`` export (see :func:`derainkit.models.load_exported`)."""
+    from derainkit.models import load_exported as _load
 
-    state, meta = read_exported(path)
-    if "model" not in meta:
-        raise CheckpointError(f"{path}: no model name in its metadata; load it with the model's own loader")
-    spec = get_model_spec(meta["model"])
-    model = spec.build(spec.config_from_dict(meta.get("model_config") or {}))
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: does not fit model {meta['model']!r} with config {meta.get('model_config')}: "
-                              f"{str(exc).splitlines()[0]}") from None
-    return model.to(device).eval(), meta
+    return _load(path, device)

@@ -25,11 +25,11 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from derainkit.errors import ConfigError
+from derainkit.strictconfig import coerce_fields, strict_from_dict
 
 OPTIMIZERS = ("adam", "adamw")
 EXEMPLAR_POLICIES = ("official", "random", "self", "none", "retrieval")
 PRECISIONS = ("fp32", "bf16")
-_LAYOUTS = ("auto", "rain100", "prenet", "mprnet", "side_by_side", "rain1400")
 DEFAULT_EPOCHS = 500.0
 
 # Fields that cannot change what a run computes, left out of the hash so that moving the output folder,
@@ -43,10 +43,12 @@ class RunConfig:
 
     model: str = "msgnn"  # name in derainkit.models.MODELS
     model_config: dict = field(default_factory=dict)  # passed to the model's strict config_from_dict
+    task: str | None = None  # training task (derainkit.train.tasks); None: the model's own (ModelSpec.task)
+    task_config: dict = field(default_factory=dict)  # passed to the task's strict config class
     init_weights: str | None = None  # start from these weights (fine-tuning) instead of random init
     train_data: str = "embedded:train"  # folder in any supported layout, or "embedded:train"
     val_data: str | None = "embedded:test"  # folder, "embedded:test", or None for no validation
-    layout: str = "auto"  # layout of train_data
+    layout: str = "auto"  # layout of train_data (see derainkit.data.LAYOUTS)
     val_layout: str = "auto"  # layout of val_data
     clean_side: str = "left"  # side_by_side files: which half is clean (MSGNN/DCSFN: left)
     crop: int = 64
@@ -85,15 +87,7 @@ class RunConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "RunConfig":
         """Strict constructor: unknown keys raise ConfigError listing the valid keys; values are checked."""
-        if data is None:
-            return cls()
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"run config must be a mapping of keys to values, got {type(data).__name__}")
-        valid = cls.field_names()
-        unknown = sorted(str(k) for k in data if k not in valid)
-        if unknown:
-            raise ConfigError(f"unknown run config key(s) {unknown}; valid keys: {valid}")
-        return cls(**dict(data))
+        return strict_from_dict(cls, data, "run config")
 
     @classmethod
     def from_file(cls, path: str | Path) -> "RunConfig":
@@ -115,72 +109,86 @@ class RunConfig:
             raise ConfigError(f"{path}: {exc}") from None
 
     def __post_init__(self) -> None:
-        # Direct construction gets the same coercion and checks as from_dict (frozen: set via object).
-        for f in dataclasses.fields(self):
-            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name)))
+        # Direct construction gets the same coercion and checks as from_dict (types: the annotations).
+        coerce_fields(self)
+        object.__setattr__(self, "val_protocols", tuple(dict.fromkeys(self.val_protocols)))
         self.validate()
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
         """Raise ConfigError naming the key and what is allowed for any invalid value."""
+        from derainkit.data.layouts import LAYOUTS
         from derainkit.losses import LOSSES
-        from derainkit.metrics.protocols import PROTOCOLS
-
-        def choice(name: str, allowed: Iterable[str]) -> None:
-            allowed = tuple(allowed)
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid; expected one of {list(allowed)}")
-
-        def positive(name: str, lo: float = 0.0, strict: bool = True) -> None:
-            v = getattr(self, name)
-            if not (v > lo if strict else v >= lo):
-                raise ConfigError(f"{name}={v!r} must be {'>' if strict else '>='} {lo}")
 
         if self.iterations is not None and self.epochs is not None:
             raise ConfigError(f"set either iterations ({self.iterations}) or epochs ({self.epochs}), not both")
         if not self.model:
             raise ConfigError("model must name a registered model (see `derainkit models`)")
-        choice("layout", _LAYOUTS)
-        choice("val_layout", _LAYOUTS)
-        choice("clean_side", ("left", "right"))
-        choice("optimizer", OPTIMIZERS)
-        choice("loss", LOSSES)
-        choice("exemplar", EXEMPLAR_POLICIES)
-        choice("precision", PRECISIONS)
-        for name in ("crop", "batch", "lr", "eps", "lr_gamma"):
-            positive(name)
+        for name, allowed in (("layout", ("auto",) + LAYOUTS), ("val_layout", ("auto",) + LAYOUTS),
+                              ("clean_side", ("left", "right")), ("optimizer", OPTIMIZERS), ("loss", tuple(LOSSES)),
+                              ("exemplar", EXEMPLAR_POLICIES), ("precision", PRECISIONS)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r} is invalid; expected one of {list(allowed)}")
+        for name in ("crop", "batch", "lr", "eps", "lr_gamma", "iterations", "epochs", "grad_clip"):
+            if getattr(self, name) is not None and not getattr(self, name) > 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be > 0")
         for name in ("weight_decay", "seed", "val_every", "val_limit", "log_every", "checkpoint_every",
                      "num_workers"):
-            positive(name, strict=False)
-        if self.iterations is not None:
-            positive("iterations")
-        if self.epochs is not None:
-            positive("epochs")
-        if self.grad_clip is not None:
-            positive("grad_clip")
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name}={getattr(self, name)!r} must be >= 0")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise ConfigError(f"betas={list(self.betas)} must be two numbers in [0, 1)")
         ms = self.lr_milestones
         if not all(0.0 < m < 1.0 for m in ms) or list(ms) != sorted(set(ms)):
             raise ConfigError(f"lr_milestones={list(ms)} must be increasing fractions of the run in (0, 1), "
                               "e.g. [0.6, 0.8]")
+        self._validate_protocols()
+        self._validate_model_and_task()
+        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")
+                                          or self.device == "mps"):
+            raise ConfigError(f"device={self.device!r} is invalid; expected auto, cpu, cuda or cuda:N")
+
+    def _validate_protocols(self) -> None:
+        from derainkit.metrics.protocols import PROTOCOLS
+
         if not self.val_protocols and self.val_data is not None:
             raise ConfigError(f"val_protocols is empty; choose from {list(PROTOCOLS)} or set val_data: null")
         for p in self.val_protocols:
             if p not in PROTOCOLS:
                 raise ConfigError(f"val_protocols: unknown protocol {p!r}; choose from {list(PROTOCOLS)}")
+
+    def _validate_model_and_task(self) -> None:
         from derainkit.models import MODELS
+        from derainkit.train.tasks import TASKS
 
         if self.model in MODELS:  # unregistered names are reported when the run starts
             try:
                 MODELS[self.model].config_from_dict(dict(self.model_config))
             except ConfigError as exc:
                 raise ConfigError(f"model_config (model {self.model!r}): {exc}") from None
-        if self.device != "auto" and not (self.device == "cpu" or self.device.startswith("cuda")
-                                          or self.device == "mps"):
-            raise ConfigError(f"device={self.device!r} is invalid; expected auto, cpu, cuda or cuda:N")
+        if self.task is not None and self.task not in TASKS:
+            raise ConfigError(f"task={self.task!r} is invalid; expected one of {sorted(TASKS)} (or null: the "
+                              "model's own task)")
+        task = self.resolved_task
+        if task in TASKS:
+            try:
+                TASKS[task].config_from_dict(dict(self.task_config))
+            except ConfigError as exc:
+                raise ConfigError(f"task_config (task {task!r}): {exc}") from None
 
     # ------------------------------------------------------------------ derived values
+    @property
+    def resolved_task(self) -> str:
+        """The training task: ``task``, else the model's own."""
+        return self.task if self.task is not None else self.model_task()
+
+    def model_task(self) -> str:
+        """The registered model's own training task (``ModelSpec.task``; ``paired`` for unknown models)."""
+        from derainkit.models import MODELS
+
+        spec = MODELS.get(self.model)
+        return spec.task if spec is not None else "paired"
+
     @property
     def run_epochs(self) -> float:
         """The epochs to run when ``iterations`` is not set (``DEFAULT_EPOCHS`` when neither is)."""
@@ -223,6 +231,15 @@ class RunConfig:
         for name in _NOT_IN_HASH:
             d.pop(name)
         d["model_config"] = canonical_model_config(self.model, self.model_config)
+        # The task keys came after the first records were stored: at their defaults (the model's own task,
+        # its default options) they are left out, so those runs keep their names.
+        d.pop("task")
+        task_config = d.pop("task_config")
+        if self.task is not None and self.task != self.model_task():
+            d["task"] = self.task
+        canonical = canonical_task_config(self.resolved_task, task_config)
+        if canonical != canonical_task_config(self.resolved_task, {}):
+            d["task_config"] = canonical
         return d
 
     def config_hash(self) -> str:
@@ -269,6 +286,15 @@ class RunConfig:
         return RunConfig.from_dict(data)
 
 
+def canonical_task_config(task: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` through the task's config class (defaults filled in), when the task is registered."""
+    from derainkit.train.tasks import TASKS
+
+    if task not in TASKS:
+        return json.loads(json.dumps(dict(config)))
+    return json.loads(json.dumps(TASKS[task].config_from_dict(dict(config)).to_dict()))
+
+
 def canonical_model_config(model: str, config: Mapping[str, Any]) -> dict[str, Any]:
     """``config`` with the model's defaults filled in, when the model is registered and its config class
     has ``to_dict``; otherwise ``config`` as given."""
@@ -282,89 +308,3 @@ def canonical_model_config(model: str, config: Mapping[str, Any]) -> dict[str, A
     if to_dict is None:
         return json.loads(json.dumps(dict(config)))
     return json.loads(json.dumps(to_dict()))
-
-
-# ---------------------------------------------------------------------------------------------------
-# value coercion, per field: YAML gives "5e-4" as a string and lists for tuples
-
-_INT = ("crop", "batch", "seed", "val_every", "val_limit", "log_every", "checkpoint_every", "num_workers")
-_OPT_INT = ("iterations",)
-_FLOAT = ("lr", "eps", "weight_decay", "lr_gamma")
-_OPT_FLOAT = ("epochs", "grad_clip")
-_BOOL = ("channels_last", "compile", "deterministic")
-_STR = ("model", "train_data", "layout", "val_layout", "clean_side", "optimizer", "loss", "exemplar", "device",
-        "precision")
-_OPT_STR = ("val_data", "out_dir", "init_weights")
-
-
-def _as_float(name: str, v: Any) -> float:
-    if isinstance(v, bool):
-        raise ConfigError(f"{name}={v!r} must be a number")
-    if isinstance(v, (int, float)):
-        return float(v)
-    if isinstance(v, str):
-        try:
-            return float(v)  # YAML 1.1 reads 5e-4 (no dot) as a string
-        except ValueError:
-            pass
-    raise ConfigError(f"{name}={v!r} must be a number")
-
-
-def _as_int(name: str, v: Any) -> int:
-    if isinstance(v, bool):
-        raise ConfigError(f"{name}={v!r} must be an integer")
-    if isinstance(v, int):
-        return v
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    if isinstance(v, str):
-        try:
-            f = float(v)
-        except ValueError:
-            f = math.nan
-        if math.isfinite(f) and f.is_integer():
-            return int(f)
-    raise ConfigError(f"{name}={v!r} must be an integer")
-
-
-def _coerce(name: str, v: Any) -> Any:
-    if name in _OPT_INT or name in _OPT_FLOAT or name in _OPT_STR:
-        if v is None:
-            return None
-    if name in _INT or name in _OPT_INT:
-        return _as_int(name, v)
-    if name in _FLOAT or name in _OPT_FLOAT:
-        return _as_float(name, v)
-    if name in _BOOL:
-        if not isinstance(v, bool):
-            raise ConfigError(f"{name}={v!r} must be true or false")
-        return v
-    if name in _STR or name in _OPT_STR:
-        if isinstance(v, Path):
-            return str(v)
-        if not isinstance(v, str):
-            raise ConfigError(f"{name}={v!r} must be a string")
-        return v
-    if name == "model_config":
-        if v is None:
-            return {}
-        if not isinstance(v, Mapping):
-            raise ConfigError(f"model_config must be a mapping of the model's config keys, got {v!r}")
-        return json.loads(json.dumps(dict(v)))  # plain JSON types only (hashable, YAML-writable)
-    if name == "betas":
-        if not isinstance(v, (list, tuple)):
-            raise ConfigError(f"betas={v!r} must be a list of two numbers")
-        return tuple(_as_float("betas", b) for b in v)
-    if name == "lr_milestones":
-        if v is None:
-            return ()
-        if not isinstance(v, (list, tuple)):
-            v = [v]
-        return tuple(_as_float("lr_milestones", m) for m in v)
-    if name == "val_protocols":
-        if isinstance(v, str):
-            v = [v]
-        if not isinstance(v, (list, tuple)) or not all(isinstance(p, str) for p in v):
-            raise ConfigError(f"val_protocols={v!r} must be a list of protocol names")
-        return tuple(dict.fromkeys(v))
-    raise ConfigError(f"unknown run config key {name!r}")  # pragma: no cover - guarded by from_dict

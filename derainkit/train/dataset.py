@@ -10,6 +10,11 @@ g % n of epoch e's permutation of the n pairs, seeded by (seed, e): every pair i
 Where: a uniform random ``crop``×``crop`` position, the same in the rainy and clean image, drawn from the
 sample's own Generator (seeded by (seed, iteration, slot)).
 
+Unpaired training (NLCL and other unsupervised tasks): :class:`UnpairedSet` holds rainy and clean
+images with no correspondence, and :class:`UnpairedSampler` draws a rainy crop (epoch-style over the
+rainy images) and an independent clean crop (its own epoch-style stream over the clean images) per
+sample, again a pure function of (seed, iteration, slot).
+
 Exemplar (MSGNN's external branch gets a crop of the *rainy* image of another training pair; its clean
 half is never used). Policies:
 
@@ -34,7 +39,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Protocol, Sequence
 
 import cv2
 import numpy as np
@@ -48,6 +53,7 @@ from derainkit.train.config import EXEMPLAR_POLICIES
 # Stream tags keep the permutation and per-sample Generators independent of each other.
 _TAG_PERMUTATION = 1
 _TAG_SAMPLE = 2
+_TAG_CLEAN_PERMUTATION = 3
 THUMB = 16  # retrieval thumbnail side
 HIST_BINS = 8  # retrieval histogram bins per channel
 
@@ -304,29 +310,150 @@ class PairSampler:
 class _IterationBatches(torch.utils.data.Dataset):
     """Item k is the batch of iteration start+k: lets DataLoader workers prepare batches ahead."""
 
-    def __init__(self, sampler: PairSampler, start: int, stop: int, slots: Sequence[int], with_exemplar: bool):
-        self.sampler, self.start, self.stop = sampler, start, stop
-        self.slots, self.with_exemplar = list(slots), with_exemplar
+    def __init__(self, sampler: "BatchSource", start: int, stop: int, slots: Sequence[int]):
+        self.sampler, self.start, self.stop, self.slots = sampler, start, stop, list(slots)
 
     def __len__(self) -> int:
         return max(0, self.stop - self.start)
 
     def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
-        return self.sampler.batch(self.start + k, self.slots, self.with_exemplar)
+        return self.sampler.batch(self.start + k, self.slots)
 
 
-def iterate_batches(sampler: PairSampler, start: int, stop: int, slots: Sequence[int] | None = None,
-                    with_exemplar: bool = True, num_workers: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+class BatchSource(Protocol):
+    """What the training loop draws batches from: a pure function of (iteration, slots)."""
+
+    batch_size: int
+
+    def batch(self, iteration: int, slots: Sequence[int] | None = None) -> dict[str, torch.Tensor]: ...
+
+    def epoch_of(self, iteration: int) -> float: ...
+
+
+def iterate_batches(sampler: BatchSource, start: int, stop: int, slots: Sequence[int] | None = None,
+                    num_workers: int = 0) -> Iterator[dict[str, torch.Tensor]]:
     """Batches of iterations start..stop-1 in order, prepared in ``num_workers`` processes (0: inline).
     The batches are the same for any ``num_workers``."""
     slots = list(range(sampler.batch_size)) if slots is None else list(slots)
     if num_workers <= 0:
         for it in range(start, stop):
-            yield sampler.batch(it, slots, with_exemplar)
+            yield sampler.batch(it, slots)
         return
-    ds = _IterationBatches(sampler, start, stop, slots, with_exemplar)
+    ds = _IterationBatches(sampler, start, stop, slots)
     # A private generator: otherwise the loader draws its worker seed from torch's global RNG, which
     # would make a resumed run's RNG state differ from an uninterrupted one (the samples need no seed).
     loader = torch.utils.data.DataLoader(ds, batch_size=None, shuffle=False, num_workers=num_workers,
                                          generator=torch.Generator().manual_seed(0))
     yield from loader
+
+
+# ---------------------------------------------------------------------------------------------------
+# unpaired data
+
+def _load_images(pairs: Sequence[Pair], what: str, progress: bool) -> list[np.ndarray]:
+    from derainkit.io import read_image
+
+    return [read_image(p.rainy) for p in tqdm(pairs, desc=f"load {what} images", unit="img", disable=not progress,
+                                              leave=False)]
+
+
+@dataclass
+class UnpairedSet:
+    """Rainy and clean images with no correspondence, held in memory (H×W×3 float32 RGB in [0, 1]).
+
+    ``rainy_pairs``/``clean_pairs`` say where each image came from (``Pair.rainy`` is the image file,
+    ``clean`` is None), for the run's manifests.
+    """
+
+    rainy: list[np.ndarray]
+    clean: list[np.ndarray]
+    rainy_pairs: list[Pair]
+    clean_pairs: list[Pair]
+    root: Path
+
+    def __len__(self) -> int:
+        return len(self.rainy)
+
+    @classmethod
+    def load(cls, rainy: str | os.PathLike, clean: str | os.PathLike | None = None, layout: str = "auto",
+             progress: bool = True) -> "UnpairedSet":
+        """Rainy images from ``rainy`` and clean ones from ``clean``. Without ``clean``: a CycleGAN folder
+        (``trainA/`` rainy, ``trainB/`` clean), or a paired folder split in two halves, the rainy images
+        of the first half against the clean images of the second, so no scene is in both domains."""
+        root = resolve_data_path(rainy)
+        if clean is not None:
+            rainy_pairs = discover_pairs(root, layout=layout)
+            clean_pairs = discover_pairs(resolve_data_path(clean), layout="unpaired")
+        elif (root / "trainA").is_dir() and (root / "trainB").is_dir():
+            rainy_pairs = discover_pairs(root / "trainA", layout="unpaired")
+            clean_pairs = discover_pairs(root / "trainB", layout="unpaired")
+        else:
+            pairs = discover_pairs(root, layout=layout)
+            if len(pairs) < 2 or any(p.clean is None for p in pairs):
+                raise DatasetError(f"{root}: unpaired training without a clean folder needs a paired data set to "
+                                   "split in halves (or trainA/ and trainB/ folders); give the clean folder too")
+            half = len(pairs) // 2
+            rainy_pairs = pairs[:half]
+            clean_pairs = [Pair(id=p.id, rainy=p.clean, clean=None, layout="unpaired", root=p.root)
+                           for p in pairs[half:]]
+        rainy_pairs = [Pair(id=p.id, rainy=p.rainy, clean=None, layout="unpaired", root=p.root) for p in rainy_pairs]
+        if not rainy_pairs or not clean_pairs:
+            raise DatasetError(f"{root}: unpaired training needs rainy and clean images; found "
+                               f"{len(rainy_pairs)} rainy and {len(clean_pairs)} clean")
+        return cls(rainy=_load_images(rainy_pairs, "rainy", progress), clean=_load_images(clean_pairs, "clean", progress),
+                   rainy_pairs=rainy_pairs, clean_pairs=clean_pairs, root=root)
+
+    @classmethod
+    def from_arrays(cls, rainy: Sequence[np.ndarray], clean: Sequence[np.ndarray],
+                    root: str | os.PathLike = ".") -> "UnpairedSet":
+        """A set from arrays already in memory (tests, notebooks)."""
+        root = Path(root)
+        mk = lambda tag, n: [Pair(id=f"{tag}{i:04d}", rainy=root / f"{tag}{i:04d}.png", clean=None,  # noqa: E731
+                                  layout="memory", root=root) for i in range(n)]
+        return cls(rainy=[np.asarray(r, np.float32) for r in rainy], clean=[np.asarray(c, np.float32) for c in clean],
+                   rainy_pairs=mk("r", len(rainy)), clean_pairs=mk("c", len(clean)), root=root)
+
+
+class UnpairedSampler:
+    """A rainy crop and an independent clean crop per sample, a pure function of (seed, iteration, slot).
+
+    Global sample g = iteration·batch + slot takes rainy image ``perm_e[g % n]`` of epoch e = g // n
+    (each rainy image once per epoch) and clean image ``perm'_e'[g % n']`` from an independently seeded
+    stream over the clean images; crop positions come from the sample's own Generator.
+    """
+
+    def __init__(self, data: UnpairedSet, crop: int, batch: int, seed: int) -> None:
+        self.data, self.crop, self.batch_size, self.seed = data, int(crop), int(batch), int(seed)
+        for what, images, pairs in (("rainy", data.rainy, data.rainy_pairs), ("clean", data.clean, data.clean_pairs)):
+            small = [p.rainy for p, im in zip(pairs, images) if min(im.shape[:2]) < self.crop]
+            if small:
+                raise DatasetError(f"crop {self.crop}×{self.crop} is larger than {len(small)} {what} training "
+                                   f"image(s), e.g. {small[0]}; lower crop or remove those images")
+
+    def _index(self, g: int, n: int, tag: int) -> int:
+        epoch, position = divmod(g, n)
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, tag, epoch]))
+        return int(rng.permutation(n)[position])
+
+    def epoch_of(self, iteration: int) -> float:
+        return iteration * self.batch_size / len(self.data.rainy)
+
+    def sample(self, iteration: int, slot: int) -> dict[str, np.ndarray | int]:
+        g = int(iteration) * self.batch_size + int(slot)
+        i = self._index(g, len(self.data.rainy), _TAG_PERMUTATION)
+        j = self._index(g, len(self.data.clean), _TAG_CLEAN_PERMUTATION)
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, _TAG_SAMPLE, int(iteration), int(slot)]))
+        out: dict[str, np.ndarray | int] = {"index": i, "clean_index": j}
+        for key, image in (("rainy", self.data.rainy[i]), ("clean", self.data.clean[j])):
+            top = int(rng.integers(0, image.shape[0] - self.crop + 1))
+            left = int(rng.integers(0, image.shape[1] - self.crop + 1))
+            out[key] = image[top:top + self.crop, left:left + self.crop]
+        return out
+
+    def batch(self, iteration: int, slots: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
+        slots = range(self.batch_size) if slots is None else slots
+        samples = [self.sample(iteration, s) for s in slots]
+        out = {k: torch.from_numpy(np.ascontiguousarray(np.stack([s[k] for s in samples]).transpose(0, 3, 1, 2)))
+               for k in ("rainy", "clean")}
+        out.update({k: torch.tensor([s[k] for s in samples], dtype=torch.int64) for k in ("index", "clean_index")})
+        return out

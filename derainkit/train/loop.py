@@ -1,37 +1,42 @@
 """The training loop: `train(cfg) -> RunResult`, resumable bit-for-bit, single process or torchrun DDP.
 
-A run lives in ``<out_dir>/<config hash>/``::
+The loop is the same for every model family; what differs (data, modules, optimizers, the step, extra
+state) is the run's *training task* (:mod:`derainkit.train.tasks`, e.g. ``paired``). A run lives in
+``<out_dir>/<config hash>/``::
 
     config.yaml          the RunConfig (load it back with RunConfig.from_file)
     provenance.json      commit, device, library versions, data digest; one entry per (re)start
-    exemplars.json       which exemplar each training pair got (the policy's table or rule)
+    exemplars.json ...   files the task adds (the paired task: which exemplar each training pair got)
     train_manifest.csv   the training files and their sha256
-    log.csv              iteration, epoch, lr, train loss (mean since the previous row), validation
-                         metrics per protocol, wall seconds
+    log.csv              iteration, epoch, lr, one train_<name> column per named loss of the task (mean
+                         since the previous row), validation metrics per protocol, wall seconds
     checkpoints/         latest.pt, iter_<n>.pt (every checkpoint_every iterations)
     run.json             status: iterations done, last metrics, where the weights are
-    model.safetensors    final weights + metadata (written when the run finishes)
+    model.safetensors    final weights of the task's export module + metadata (when the run finishes)
 
 Exact resume: samples are a pure function of (seed, iteration, slot) (see ``train.dataset``), and a
-checkpoint holds the model, optimizer and scheduler state, the iteration, every RNG state and the
-running loss sum of the current log interval. A run interrupted after any checkpoint and resumed ends
-with bit-identical weights and optimizer state (given the same device and library versions; on CUDA
-also ``deterministic: true``).
+checkpoint holds every module, optimizer and scheduler of the task, the task's own state, the
+iteration, every RNG state and the running loss sums of the current log interval. A run interrupted
+after any checkpoint and resumed ends with bit-identical weights and optimizer state (given the same
+device and library versions; on CUDA also ``deterministic: true``).
 
-Schedule: MultiStepLR stepped once per iteration after ``optimizer.step()``, with milestones
+Schedule: MultiStepLR stepped once per iteration after the optimizer steps, with milestones
 round(f · iterations): iterations [0, m1) run at lr, [m1, m2) at lr·γ, and so on. (The official code
 steps the scheduler at the top of its loop, so each drop there comes one iteration earlier.)
 
-Multi-GPU: launched under torchrun (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel
-(nccl on CUDA, gloo on CPU). Rank r takes slots r, r+W, r+2W, ... of each global batch from the same
-pure-function sampler, so the global batch does not depend on the world size (batch must be divisible
-by it). Only rank 0 validates and writes files.
+Validation scores the task's export module exactly as ``derainkit evaluate`` would (the model's own
+quantisation rule, the same tiling planner, :func:`derainkit.metrics.evaluate.score_image`), so a
+logged figure equals a later ``evaluate`` of the exported weights on the same images.
+
+Multi-GPU: launched under torchrun (WORLD_SIZE > 1) each trained module is wrapped in
+DistributedDataParallel (nccl on CUDA, gloo on CPU; ``static_graph`` when the task says every step uses
+the same parameters, otherwise unused ones are searched for). Rank r takes slots r, r+W, r+2W, ... of
+each global batch from the same pure-function sampler, so the global batch does not depend on the
+world size (batch must be divisible by it). Only rank 0 validates and writes files.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
-import inspect
 import json
 import math
 import os
@@ -50,7 +55,6 @@ from tqdm.auto import tqdm
 
 from derainkit.errors import CheckpointError, ConfigError, DatasetError, DerainkitError
 from derainkit.fsutil import atomic_path, atomic_write_text
-from derainkit.losses import get_loss
 from derainkit.train.checkpoint import (
     LATEST,
     export_safetensors,
@@ -60,10 +64,11 @@ from derainkit.train.checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
     set_rng_state,
-    unwrap_model,
 )
-from derainkit.train.config import RunConfig, canonical_model_config
-from derainkit.train.dataset import PairSampler, TrainingSet, iterate_batches, resolve_data_path
+from derainkit.train.config import RunConfig
+from derainkit.train.dataset import iterate_batches, resolve_data_path
+from derainkit.train.tasks import get_task
+from derainkit.train.tasks.base import TaskContext, TrainingTask, make_optimizer, make_scheduler  # noqa: F401
 
 
 @dataclass
@@ -130,62 +135,6 @@ def _device(cfg: RunConfig, d: _Dist) -> torch.device:
     return device
 
 
-def model_uses_exemplar(model: nn.Module) -> bool:
-    """Whether ``model.forward`` takes an ``exemplar`` and its config has the exemplar branch on."""
-    try:
-        params = inspect.signature(unwrap_model(model).forward).parameters
-    except (TypeError, ValueError):
-        return False
-    if "exemplar" not in params:
-        return False
-    cfg = getattr(unwrap_model(model), "config", None)
-    branches = getattr(cfg, "branches", None)
-    if branches is not None:
-        return "exemplar" in branches
-    flag = getattr(cfg, "exemplar", None)
-    return flag if isinstance(flag, bool) else True
-
-
-def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
-    kw = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, **kw)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, **kw)
-    raise ConfigError(f"optimizer={cfg.optimizer!r} is invalid")  # pragma: no cover - validated by RunConfig
-
-
-def make_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer, iterations: int):
-    """MultiStepLR at round(f · iterations) for f in ``lr_milestones``, stepped once per iteration."""
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones(iterations), gamma=cfg.lr_gamma)
-
-
-def train_step(fwd: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict,
-               loss_fn, device: torch.device, amp=None, uses_exemplar: bool = False, channels_last: bool = False,
-               grad_clip: float | None = None) -> torch.Tensor:
-    """One optimisation step on ``batch`` (from ``PairSampler.batch``); returns the loss (a 0-d tensor).
-
-    ``fwd`` is what is called (the model, or its DDP/compiled wrapper); ``model`` the bare module whose
-    parameters are clipped. The loss is computed in fp32 outside autocast.
-    """
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    rainy = batch["rainy"].to(device, non_blocking=True).contiguous(memory_format=fmt)
-    clean = batch["clean"].to(device, non_blocking=True)
-    with amp if amp is not None else contextlib.nullcontext():
-        if uses_exemplar:
-            ex = batch["exemplar"].to(device, non_blocking=True).contiguous(memory_format=fmt)
-            pred = fwd(rainy, exemplar=ex)
-        else:
-            pred = fwd(rainy)
-    loss = loss_fn(pred, clean)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
-    return loss
-
-
 def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
@@ -198,11 +147,12 @@ def _seed_everything(seed: int) -> None:
 # validation
 
 class _Validator:
-    """Scores the model on the validation pairs (held in memory) under each protocol."""
+    """Scores a module on the validation pairs (held in memory) as ``evaluate`` would, per protocol."""
 
     def __init__(self, cfg: RunConfig, device: torch.device, progress: bool) -> None:
         from derainkit.data import discover_pairs, load_pair
-        from derainkit.metrics.protocols import score
+        from derainkit.metrics.evaluate import mean_scores, score_image
+        from derainkit.models import get_model_spec
 
         root = resolve_data_path(cfg.val_data)
         pairs = discover_pairs(root, layout=cfg.val_layout, clean_side=cfg.clean_side)
@@ -211,49 +161,35 @@ class _Validator:
         missing = [p.id for p in pairs if p.clean is None]
         if not pairs or missing:
             raise DatasetError(f"{root}: validation needs clean images; {len(missing)} of {len(pairs)} have none")
-        self.root, self.pairs, self.device, self.protocols = root, pairs, device, list(cfg.val_protocols)
+        self.spec = get_model_spec(cfg.model)
+        self.pairs, self.device, self.protocols, self.progress = pairs, device, list(cfg.val_protocols), progress
         self.images = [load_pair(p) for p in pairs]
-        self.progress = progress
-        self._score = score
-        self.input_metrics = self._means([[score(r, c, proto, quantize="round") for r, c in self.images]
-                                          for proto in self.protocols])
+        self._score, self._means = score_image, mean_scores
+        inputs = self._means([score_image(r, r, c, self.protocols, "round", p.rainy)
+                              for p, (r, c) in zip(pairs, self.images)], self.protocols)
+        self.input_metrics = {k: {"psnr": m["input_psnr"], "ssim": m["input_ssim"]} for k, m in inputs.items()}
 
-    def _means(self, per_proto: list[list]) -> dict[str, dict[str, float]]:
-        out = {}
-        for proto, scores in zip(self.protocols, per_proto):
-            ps = [s.psnr for s in scores if math.isfinite(s.psnr)]
-            out[proto] = {"psnr": float(np.mean(ps)) if ps else float("nan"),
-                          "ssim": float(np.mean([s.ssim for s in scores]))}
-        return out
+    def __call__(self, module: nn.Module) -> dict[str, dict[str, float]]:
+        from derainkit.infer import Predictor
 
-    @torch.no_grad()
-    def __call__(self, model: nn.Module, channels_last: bool) -> dict[str, dict[str, float]]:
-        from derainkit.io import image_to_tensor, tensor_to_image
-
-        was_training = model.training
-        model.eval()
-        per_proto: list[list] = [[] for _ in self.protocols]
+        was_training = module.training
+        predictor = Predictor(module, self.spec.infer_bytes_per_pixel, device=self.device)
+        rows = []
         try:
-            for (rainy, clean) in tqdm(self.images, desc="validate", unit="img", leave=False,
-                                       disable=not self.progress):
-                x = image_to_tensor(rainy).to(self.device)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                # fp32 and the model's own exemplar default (MSGNN: the input itself, as the official
-                # test-time pairing on a sorted listing), so numbers compare across runs.
-                pred = tensor_to_image(model(x))
-                for k, proto in enumerate(self.protocols):
-                    per_proto[k].append(self._score(pred, clean, proto, quantize="round"))
+            for pair, (rainy, clean) in tqdm(list(zip(self.pairs, self.images)), desc="validate", unit="img",
+                                             leave=False, disable=not self.progress):
+                pred, _plan = predictor(rainy)  # fp32; MSGNN: the input itself as exemplar (its default)
+                rows.append(self._score(pred, rainy, clean, self.protocols, self.spec.official_quantize, pair.rainy))
         finally:
-            model.train(was_training)
-        return self._means(per_proto)
+            module.train(was_training)
+        return {k: {"psnr": m["psnr"], "ssim": m["ssim"]} for k, m in self._means(rows, self.protocols).items()}
 
 
 # ---------------------------------------------------------------------------------------------------
 # the log
 
-def _log_columns(protocols: list[str]) -> list[str]:
-    cols = ["iteration", "epoch", "lr", "train_loss"]
+def _log_columns(loss_names: tuple[str, ...], protocols: list[str]) -> list[str]:
+    cols = ["iteration", "epoch", "lr"] + [f"train_{n}" for n in loss_names]
     for p in protocols:
         cols += [f"{p}/psnr", f"{p}/ssim"]
     return cols + ["seconds"]
@@ -305,14 +241,29 @@ def train(cfg: RunConfig, resume: bool | str | os.PathLike = False, progress: bo
             dist.destroy_process_group()
 
 
+@dataclass
+class _Progress:
+    """What the loop carries between iterations and through checkpoints."""
+
+    loss_sums: dict[str, float]
+    loss_n: int = 0
+    elapsed0: float = 0.0
+    metrics: dict = field(default_factory=dict)
+    t0: float = field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        return self.elapsed0 + time.perf_counter() - self.t0
+
+    def extra(self, input_metrics: dict) -> dict[str, Any]:
+        return {"loss_sums": dict(self.loss_sums), "loss_n": self.loss_n, "metrics": self.metrics,
+                "elapsed": self.elapsed(), "input_metrics": input_metrics}
+
+
 class _Run:
     def __init__(self, cfg: RunConfig, d: _Dist, progress: bool) -> None:
-        from derainkit.models import get_model_spec
-
         self.cfg, self.d = cfg, d
         self.progress = progress and d.main
-        self.spec = get_model_spec(cfg.model)
-        self.loss_fn = get_loss(cfg.loss)
+        self.task_spec = get_task(cfg.resolved_task)
         self.hash = cfg.config_hash()
         self.device = _device(cfg, d)
         self.notes: list[str] = []
@@ -333,18 +284,164 @@ class _Run:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
 
-    # -------------------------------------------------------------- pieces
-    def _build_model(self) -> nn.Module:
-        cfg, spec = self.cfg, self.spec
-        model = spec.build(spec.config_from_dict(dict(cfg.model_config)))
-        if cfg.init_weights:
-            spec.load_weights(model, Path(cfg.init_weights))
-        model = model.to(self.device)
-        if cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return model.train()
+    # -------------------------------------------------------------- main
+    def run(self, resume, max_iterations: Optional[int], allow_config_change: bool) -> RunResult:
+        cfg, d = self.cfg, self.d
+        ctx = TaskContext(run=cfg, device=self.device, world=d.world, rank=d.rank, progress=self.progress,
+                          amp_dtype=self.amp_dtype, notes=self.notes)
+        task: TrainingTask = self.task_spec.build(ctx, self.task_spec.config_from_dict(dict(cfg.task_config)))
+        sampler, n_items = task.load_data()
+        total = cfg.total_iterations(n_items)
+        run_dir, state, ckpt_path = self._resolve_run(resume, allow_config_change)
+        _seed_everything(cfg.seed)
+        task.build()
+        task.build_schedulers(total)
+        start, extra = self._restore(task, state, total) if state is not None else (0, {})
+        validator = _Validator(cfg, self.device, self.progress) if (cfg.val_data is not None and d.main) else None
+        columns = _log_columns(task.loss_names, list(cfg.val_protocols) if cfg.val_data is not None else [])
+        if d.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            self._write_run_files(run_dir, task, n_items, total, start, ckpt_path)
+            _prepare_log(run_dir / "log.csv", columns, start)
+        self._wrap(task)
+        stop = total if max_iterations is None else min(total, start + max_iterations)
+        sums = extra.get("loss_sums") or {}
+        prog = _Progress(loss_sums={n: float(sums.get(n, 0.0)) for n in task.loss_names},
+                         loss_n=int(extra.get("loss_n", 0)), elapsed0=float(extra.get("elapsed", 0.0)),
+                         metrics=extra.get("metrics") or {})
+        input_metrics = validator.input_metrics if validator is not None else {}
+        checkpoint = self._iterate(task, sampler, start, stop, total, prog, validator, run_dir, columns,
+                                   input_metrics) or ckpt_path
+        return self._finish(task, run_dir, start, stop, total, prog.metrics, input_metrics, checkpoint)
 
-    def _resolve_run(self, resume) -> tuple[Path, Optional[dict], Optional[Path]]:
+    def _iterate(self, task: TrainingTask, sampler, start: int, stop: int, total: int, prog: _Progress,
+                 validator: Optional[_Validator], run_dir: Path, columns: list[str],
+                 input_metrics: dict) -> Optional[Path]:
+        cfg, main = self.cfg, self.d.main
+        checkpoint = None
+        first_optimizer = next(iter(task.optimizers.values()))
+        bar = tqdm(total=total, initial=start, desc=f"train {cfg.model} {self.hash}", unit="it",
+                   disable=not self.progress, dynamic_ncols=True)
+        batches = iterate_batches(sampler, start, stop, list(range(self.d.rank, cfg.batch, self.d.world)),
+                                  num_workers=cfg.num_workers)
+        try:
+            for it, batch in zip(range(start, stop), batches):
+                lr = first_optimizer.param_groups[0]["lr"]
+                losses = self._step(task, batch, it)
+                for scheduler in task.schedulers.values():
+                    scheduler.step()
+                for name, value in losses.items():
+                    prog.loss_sums[name] += value
+                prog.loss_n += 1
+                done = it + 1
+                bar.update(1)
+                if done % 10 == 0 or done == stop:
+                    bar.set_postfix({**{n: f"{v:.4f}" for n, v in losses.items()}, "lr": f"{lr:.2e}"})
+                self._log_and_validate(task, sampler, done, total, lr, prog, validator, run_dir, columns)
+                if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == stop:
+                    checkpoint = self._checkpoint(task, run_dir, done, total, prog, input_metrics) or checkpoint
+        finally:
+            bar.close()
+        return checkpoint
+
+    def _log_and_validate(self, task: TrainingTask, sampler, done: int, total: int, lr: float, prog: _Progress,
+                          validator: Optional[_Validator], run_dir: Path, columns: list[str]) -> None:
+        cfg = self.cfg
+        # Decided from the config alone, so every rank agrees (they meet at the barrier below).
+        val_due = cfg.val_data is not None and ((cfg.val_every and done % cfg.val_every == 0) or done == total)
+        log_due = (cfg.log_every and done % cfg.log_every == 0) or done == total or val_due
+        if not log_due:
+            return
+        row = {"iteration": done, "epoch": round(sampler.epoch_of(done), 4), "lr": lr,
+               "seconds": round(prog.elapsed(), 2)}
+        row.update({f"train_{n}": s / max(1, prog.loss_n) for n, s in prog.loss_sums.items()})
+        if val_due and validator is not None:
+            prog.metrics = validator(task.modules[task.export_name])
+            for proto, m in prog.metrics.items():
+                row[f"{proto}/psnr"], row[f"{proto}/ssim"] = m["psnr"], m["ssim"]
+        if self.d.main:
+            _append_log(run_dir / "log.csv", columns, row)
+        prog.loss_sums = {n: 0.0 for n in prog.loss_sums}
+        prog.loss_n = 0
+        if val_due:
+            self._barrier()  # the other ranks wait while rank 0 validates
+
+    def _checkpoint(self, task: TrainingTask, run_dir: Path, done: int, total: int, prog: _Progress,
+                    input_metrics: dict) -> Optional[Path]:
+        path = None
+        if self.d.main:
+            cfg = self.cfg
+            state = make_checkpoint(modules=task.modules, optimizers=task.optimizers, schedulers=task.schedulers,
+                                    iteration=done, total_iterations=total, model_name=cfg.model,
+                                    config=cfg.to_dict(), config_hash=self.hash, task=cfg.resolved_task,
+                                    task_state=task.state_dict(), extra=prog.extra(input_metrics))
+            keep = bool(cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
+            path = save_checkpoint(run_dir / "checkpoints", state, done, keep_iteration=keep)
+            self._write_status(run_dir, done, total, prog.metrics, input_metrics, None)
+        self._barrier()
+        return path
+
+    def _finish(self, task: TrainingTask, run_dir: Path, start: int, stop: int, total: int, metrics: dict,
+                input_metrics: dict, checkpoint: Optional[Path]) -> RunResult:
+        finished = stop >= total
+        weights = None
+        if finished and self.d.main:
+            weights = run_dir / "model.safetensors"
+            if stop > start or not weights.is_file():
+                from derainkit.provenance import git_commit
+
+                export_safetensors(task.modules[task.export_name], weights, {
+                    **task.export_metadata(), "task": self.cfg.resolved_task, "config_hash": self.hash,
+                    "commit": git_commit(), "iterations": total, "metric": metrics, "input_metric": input_metrics,
+                    "run_config": self.cfg.to_dict()})
+            self._write_status(run_dir, stop, total, metrics, input_metrics, weights)
+        self._barrier()
+        return RunResult(run_dir=run_dir, config_hash=self.hash, iteration=stop, total_iterations=total,
+                         finished=finished, checkpoint=checkpoint, weights=weights, log=run_dir / "log.csv",
+                         metrics=metrics, input_metrics=input_metrics, device=str(self.device),
+                         precision=self.precision, world_size=self.d.world)
+
+    # -------------------------------------------------------------- pieces
+    def _wrap(self, task: TrainingTask) -> None:
+        """DDP (multi-process) and torch.compile around each module the task trains."""
+        d, cfg = self.d, self.cfg
+
+        def wrapper(module: nn.Module) -> nn.Module:
+            fwd = module
+            if d.world > 1:
+                from torch.nn.parallel import DistributedDataParallel as DDP
+
+                # static_graph: the same parameters are used every iteration, and some never are (MSGNN's
+                # frozen embeddings and the modules the code variant keeps only for checkpoint compatibility);
+                # DDP then reduces the used ones without searching the graph each step. Tasks whose steps
+                # use different parameters (routing, alternating G/D steps) search for the unused ones.
+                fwd = DDP(module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                          static_graph=task.static_graph, find_unused_parameters=not task.static_graph)
+            return torch.compile(fwd) if cfg.compile else fwd
+
+        task.wrap(wrapper)
+
+    def _step(self, task: TrainingTask, batch: dict, it: int) -> dict[str, float]:
+        losses = task.step(batch, it)
+        names = list(losses)
+        values = torch.stack([losses[n].detach().float().reshape(()) for n in names])
+        if self.d.world > 1:
+            # The logged losses are the global batch's (mean of the equal-sized rank shares), on every rank,
+            # so checkpoints from rank 0 carry the full running sums.
+            import torch.distributed as dist
+
+            dist.all_reduce(values)
+            values /= self.d.world
+        out = dict(zip(names, values.tolist()))
+        bad = {n: v for n, v in out.items() if not math.isfinite(v)}
+        if bad:
+            lr = next(iter(task.optimizers.values())).param_groups[0]["lr"]
+            name, v = next(iter(bad.items()))
+            what = "training loss" if names == ["loss"] else f"training loss {name!r}"
+            raise DerainkitError(f"iteration {it}: {what} is {v}; lower lr (now {lr:.2e}) or set grad_clip")
+        return out
+
+    def _resolve_run(self, resume, allow_config_change: bool) -> tuple[Path, Optional[dict], Optional[Path]]:
         """(run folder, checkpoint state or None, checkpoint path)."""
         cfg = self.cfg
         own = cfg.run_dir()
@@ -358,191 +455,57 @@ class _Run:
         if resume is True and not ckpt.is_file():
             raise CheckpointError(f"{own}: nothing to resume (no checkpoints/{LATEST}); start the run without resume")
         state = load_checkpoint(ckpt, model_name=cfg.model, config_hash=self.hash,
-                                allow_config_change=self._allow_change, config=cfg.to_dict())
+                                allow_config_change=allow_config_change, config=cfg.to_dict())
+        if state.get("task", "paired") != cfg.resolved_task:
+            raise CheckpointError(f"{ckpt}: checkpoint of training task {state.get('task')!r}, but this run uses "
+                                  f"{cfg.resolved_task!r}")
         if state["config_hash"] != self.hash:
             self.notes.append(f"started from {ckpt} (run config {state['config_hash']}) with a changed config")
             return own, state, ckpt
         run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
         return run_dir, state, ckpt
 
-    # -------------------------------------------------------------- main
-    def run(self, resume, max_iterations: Optional[int], allow_config_change: bool) -> RunResult:
-        cfg, d = self.cfg, self.d
-        self._allow_change = allow_config_change
-        main = d.main
-        data = TrainingSet.load(cfg.train_data, cfg.layout, cfg.clean_side, progress=self.progress)
-        total = cfg.total_iterations(len(data))
-        run_dir, state, ckpt_path = self._resolve_run(resume)
-        ckpt_dir = run_dir / "checkpoints"
-
-        _seed_everything(cfg.seed)
-        model = self._build_model()
-        uses_exemplar = model_uses_exemplar(model)
-        min_input_side = getattr(getattr(model, "module", model), "min_input_side", None)
-        side = min_input_side() if min_input_side is not None else 1
-        if cfg.crop < side:
-            raise ConfigError(f"crop={cfg.crop} is smaller than model {cfg.model!r} with this model_config can "
-                              f"process (at least {side}×{side} px: k, patch size and stride need "
-                              "enough graph patches at every scale); raise crop")
-        if cfg.exemplar == "none" and uses_exemplar:
-            raise ConfigError(f"exemplar='none' but model {cfg.model!r} has its exemplar branch on (it would fall "
-                              "back to the input itself); set model_config.exemplar=false or pick another policy")
-        if not uses_exemplar and cfg.exemplar != "none":
-            self.notes.append(f"model {cfg.model!r} takes no exemplar: exemplar policy {cfg.exemplar!r} unused")
-        sampler = PairSampler(data, cfg.crop, cfg.batch, cfg.seed, cfg.exemplar if uses_exemplar else "none")
-        optimizer = make_optimizer(cfg, model.parameters())
-        scheduler = make_scheduler(cfg, optimizer, total)
-
-        start, extra = 0, {}
-        if state is not None:
-            start, extra = self._restore(state, model, optimizer, total)
-            if state["config_hash"] != self.hash:
-                scheduler = self._fast_forward_scheduler(optimizer, total, start)
-            else:
-                load_scheduler_state(scheduler, state["scheduler"])
-            set_rng_state(state["rng"])
-
-        validator = _Validator(cfg, self.device, self.progress) if (cfg.val_data is not None and main) else None
-        columns = _log_columns(list(cfg.val_protocols) if cfg.val_data is not None else [])
-        log_path = run_dir / "log.csv"
-        if main:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            self._write_run_files(run_dir, data, sampler, total, start, ckpt_path, uses_exemplar)
-            _prepare_log(log_path, columns, start)
-        input_metrics = validator.input_metrics if validator is not None else {}
-
-        fwd: nn.Module = model
-        if d.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            # static_graph: the same parameters are used every iteration, and some never are (MSGNN's
-            # frozen embeddings and the modules the code variant keeps only for checkpoint compatibility);
-            # DDP then reduces the used ones without searching the graph each step.
-            fwd = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                      static_graph=True)
-        if cfg.compile:
-            fwd = torch.compile(fwd)
-
-        stop = total if max_iterations is None else min(total, start + max_iterations)
-        slots = list(range(d.rank, cfg.batch, d.world))
-        loss_sum, loss_n = float(extra.get("loss_sum", 0.0)), int(extra.get("loss_n", 0))
-        elapsed0 = float(extra.get("elapsed", 0.0))
-        metrics: dict = extra.get("metrics") or {}
-        t0 = time.perf_counter()
-        checkpoint: Optional[Path] = ckpt_path
-        amp = (torch.autocast(device_type=self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
-               else contextlib.nullcontext())
-        bar = tqdm(total=total, initial=start, desc=f"train {cfg.model} {self.hash}", unit="it",
-                   disable=not self.progress, dynamic_ncols=True)
-        batches = iterate_batches(sampler, start, stop, slots, with_exemplar=uses_exemplar,
-                                  num_workers=cfg.num_workers)
-        try:
-            for it, batch in zip(range(start, stop), batches):
-                lr = optimizer.param_groups[0]["lr"]
-                loss = self._step(fwd, model, optimizer, batch, amp, uses_exemplar, it)
-                scheduler.step()
-                loss_sum += loss
-                loss_n += 1
-                done = it + 1
-                bar.update(1)
-                if done % 10 == 0 or done == stop:
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-                # Decided from the config alone, so every rank agrees (they meet at the barrier below).
-                val_due = cfg.val_data is not None and ((cfg.val_every and done % cfg.val_every == 0) or done == total)
-                log_due = (cfg.log_every and done % cfg.log_every == 0) or done == total or val_due
-                if log_due:
-                    row = {"iteration": done, "epoch": round(sampler.epoch_of(done), 4), "lr": lr,
-                           "train_loss": loss_sum / max(1, loss_n),
-                           "seconds": round(elapsed0 + time.perf_counter() - t0, 2)}
-                    if val_due and validator is not None:
-                        metrics = validator(model, cfg.channels_last)
-                        for proto, m in metrics.items():
-                            row[f"{proto}/psnr"], row[f"{proto}/ssim"] = m["psnr"], m["ssim"]
-                    if main:
-                        _append_log(log_path, columns, row)
-                    loss_sum, loss_n = 0.0, 0
-                    if val_due:
-                        self._barrier()  # the other ranks wait while rank 0 validates
-                if (cfg.checkpoint_every and done % cfg.checkpoint_every == 0) or done == stop:
-                    extra = {"loss_sum": loss_sum, "loss_n": loss_n, "metrics": metrics,
-                             "elapsed": elapsed0 + time.perf_counter() - t0, "input_metrics": input_metrics}
-                    if main:
-                        state = make_checkpoint(model=model, optimizer=optimizer, scheduler=scheduler, iteration=done,
-                                                total_iterations=total, model_name=cfg.model, config=cfg.to_dict(),
-                                                config_hash=self.hash, extra=extra)
-                        keep = bool(cfg.checkpoint_every and done % cfg.checkpoint_every == 0)
-                        checkpoint = save_checkpoint(ckpt_dir, state, done, keep_iteration=keep)
-                        self._write_status(run_dir, done, total, metrics, input_metrics, None)
-                    self._barrier()
-        finally:
-            bar.close()
-        done = stop
-        finished = done >= total
-        weights = None
-        if finished and main:
-            weights = run_dir / "model.safetensors"
-            if stop > start or not weights.is_file():
-                from derainkit.provenance import git_commit
-
-                export_safetensors(model, weights, {
-                    "model": cfg.model, "model_config": canonical_model_config(cfg.model, cfg.model_config),
-                    "config_hash": self.hash, "commit": git_commit(), "iterations": total,
-                    "metric": metrics, "input_metric": input_metrics, "run_config": cfg.to_dict()})
-            self._write_status(run_dir, done, total, metrics, input_metrics, weights)
-        self._barrier()
-        return RunResult(run_dir=run_dir, config_hash=self.hash, iteration=done, total_iterations=total,
-                         finished=finished, checkpoint=checkpoint, weights=weights, log=log_path, metrics=metrics,
-                         input_metrics=input_metrics, device=str(self.device), precision=self.precision,
-                         world_size=d.world)
-
-    def _step(self, fwd: nn.Module, model: nn.Module, optimizer, batch: dict, amp, uses_exemplar: bool,
-              it: int) -> float:
-        loss = train_step(fwd, model, optimizer, batch, self.loss_fn, self.device, amp=amp,
-                          uses_exemplar=uses_exemplar, channels_last=self.cfg.channels_last,
-                          grad_clip=self.cfg.grad_clip)
-        value = loss.detach()
-        if self.d.world > 1:
-            # The logged loss is the global batch's (mean of the equal-sized rank shares), on every rank,
-            # so checkpoints from rank 0 carry the full running sum.
-            import torch.distributed as dist
-
-            value = value.clone()
-            dist.all_reduce(value)
-            value /= self.d.world
-        v = float(value)
-        if not math.isfinite(v):
-            raise DerainkitError(f"iteration {it}: training loss is {v}; lower lr (now "
-                                 f"{optimizer.param_groups[0]['lr']:.2e}) or set grad_clip")
-        return v
-
-    def _restore(self, state: dict, model: nn.Module, optimizer, total: int) -> tuple[int, dict]:
-        path_note = f"checkpoint of run {state['config_hash']}"
-        try:
-            unwrap_model(model).load_state_dict(state["model"], strict=True)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{path_note}: weights do not fit {self.cfg.model} "
-                                  f"{self.cfg.model_config}: {str(exc).splitlines()[0]}") from None
-        optimizer.load_state_dict(state["optimizer"])
-        if state["config_hash"] != self.hash:
-            # A deliberate config change: the optimizer's hyperparameters come from the new config.
-            for g in optimizer.param_groups:
-                g.update(lr=self.cfg.lr, initial_lr=self.cfg.lr, betas=tuple(self.cfg.betas), eps=self.cfg.eps,
-                         weight_decay=self.cfg.weight_decay)
-        elif state["total_iterations"] != total:
-            raise CheckpointError(f"{path_note}: planned {state['total_iterations']} iterations, this run "
+    def _restore(self, task: TrainingTask, state: dict, total: int) -> tuple[int, dict]:
+        """Load every module/optimizer/scheduler and the task state from ``state``; (start iteration, extra)."""
+        note = f"checkpoint of run {state['config_hash']}"
+        changed = state["config_hash"] != self.hash
+        for kind, ours in (("modules", task.modules), ("optimizers", task.optimizers)):
+            if set(state[kind]) != set(ours):
+                raise CheckpointError(f"{note}: holds {kind} {sorted(state[kind])}, this task has {sorted(ours)}")
+        for name, module in task.modules.items():
+            try:
+                module.load_state_dict(state["modules"][name], strict=True)
+            except RuntimeError as exc:
+                raise CheckpointError(f"{note}: weights of {name!r} do not fit {self.cfg.model} "
+                                      f"{self.cfg.model_config}: {str(exc).splitlines()[0]}") from None
+        for name, optimizer in task.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+            if changed:  # a deliberate config change: the optimizers' hyperparameters come from the new config
+                options = task.optimizer_options(name)
+                for g in optimizer.param_groups:
+                    g.update(initial_lr=options["lr"], **options)
+        if not changed and state["total_iterations"] != total:
+            raise CheckpointError(f"{note}: planned {state['total_iterations']} iterations, this run "
                                   f"{total} (the training data changed?)")
         start = int(state["iteration"])
         if start > total:
-            raise CheckpointError(f"{path_note}: at iteration {start}, beyond this run's {total}")
+            raise CheckpointError(f"{note}: at iteration {start}, beyond this run's {total}")
+        self._restore_schedulers(task, state, total, start, changed)
+        task.load_state_dict(state.get("task_state") or {})
+        set_rng_state(state["rng"])
         return start, dict(state.get("extra") or {})
 
-    def _fast_forward_scheduler(self, optimizer, total: int, start: int):
-        scheduler = make_scheduler(self.cfg, optimizer, total)
+    def _restore_schedulers(self, task: TrainingTask, state: dict, total: int, start: int, changed: bool) -> None:
+        if not changed:
+            for name, scheduler in task.schedulers.items():
+                load_scheduler_state(scheduler, state["schedulers"][name])
+            return
+        task.build_schedulers(total)  # the new schedule, fast-forwarded to where the checkpoint was
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
-            for _ in range(start):
-                scheduler.step()
-        return scheduler
+            for scheduler in task.schedulers.values():
+                for _ in range(start):
+                    scheduler.step()
 
     def _barrier(self) -> None:
         if self.d.world > 1:
@@ -551,24 +514,23 @@ class _Run:
             dist.barrier()
 
     # -------------------------------------------------------------- files
-    def _write_run_files(self, run_dir: Path, data: TrainingSet, sampler: PairSampler, total: int, start: int,
-                         ckpt_path: Optional[Path], uses_exemplar: bool) -> None:
+    def _write_run_files(self, run_dir: Path, task: TrainingTask, n_items: int, total: int, start: int,
+                         ckpt_path: Optional[Path]) -> None:
         from derainkit.data import write_manifest
         from derainkit.provenance import provenance
 
         cfg = self.cfg
         header = f"# derainkit run config {self.hash} (RunConfig.from_file reads this file)\n"
         atomic_write_text(run_dir / "config.yaml", header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        digest = write_manifest(data.pairs, run_dir / "train_manifest.csv") \
-            if all(p.layout != "memory" for p in data.pairs) else None
-        report = sampler.exemplar_report()
-        report["model_uses_exemplar"] = uses_exemplar
-        atomic_write_text(run_dir / "exemplars.json", json.dumps(report, indent=1) + "\n")
+        digests = [write_manifest(pairs, run_dir / name) for name, pairs in task.manifests().items()]
+        for name, content in task.run_files().items():
+            atomic_write_text(run_dir / name, json.dumps(content, indent=1) + "\n")
         entry = {**provenance(self.device), "start_iteration": start, "total_iterations": total,
-                 "train_pairs": len(data), "train_root": str(data.root), "train_manifest_sha256": digest,
+                 "train_pairs": n_items, "train_root": str(task.train_root), "task": cfg.resolved_task,
+                 "train_manifest_sha256": digests[0] if digests else None,
                  "world_size": self.d.world, "precision": self.precision, "notes": list(self.notes),
                  "resumed_from": str(ckpt_path) if ckpt_path else None, "milestones": cfg.milestones(total),
-                 "run_epochs": total * cfg.batch / len(data)}
+                 "run_epochs": total * cfg.batch / n_items}
         prov_path = run_dir / "provenance.json"
         history = []
         if start > 0 and prov_path.is_file():
@@ -577,12 +539,13 @@ class _Run:
             except (json.JSONDecodeError, AttributeError):
                 history = []
         atomic_write_text(prov_path, json.dumps({"config_hash": self.hash, "starts": history + [entry]}, indent=1,
-                                           default=str) + "\n")
+                                                default=str) + "\n")
 
     def _write_status(self, run_dir: Path, done: int, total: int, metrics: dict, input_metrics: dict,
                       weights: Optional[Path]) -> None:
-        status = {"config_hash": self.hash, "model": self.cfg.model, "iteration": done, "total_iterations": total,
-                  "finished": done >= total, "metrics": metrics, "input_metrics": input_metrics,
-                  "weights": str(weights) if weights else None, "precision": self.precision,
-                  "device": str(self.device), "world_size": self.d.world, "notes": self.notes}
+        status = {"config_hash": self.hash, "model": self.cfg.model, "task": self.cfg.resolved_task,
+                  "iteration": done, "total_iterations": total, "finished": done >= total, "metrics": metrics,
+                  "input_metrics": input_metrics, "weights": str(weights) if weights else None,
+                  "precision": self.precision, "device": str(self.device), "world_size": self.d.world,
+                  "notes": self.notes}
         atomic_write_text(run_dir / "run.json", json.dumps(status, indent=1, default=str) + "\n")

@@ -69,6 +69,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
 from derainkit.errors import ConfigError
+from derainkit.strictconfig import strict_from_dict
 
 Variant = Literal["code", "paper"]
 Attention = Literal["none", "se", "eca", "gct"]
@@ -223,24 +224,11 @@ class MSGNNConfig:
 
     # ------------------------------------------------------------------ (de)serialisation
     @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "MSGNNConfig":
         """Strict constructor: unknown keys raise ConfigError listing the valid ones (None = defaults)."""
-        if data is None:
-            return cls()
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"MSGNN config must be a mapping, got {type(data).__name__}")
-        valid = cls.field_names()
-        unknown = sorted(str(k) for k in data if k not in valid)
-        if unknown:
-            raise ConfigError(f"unknown MSGNN config key(s) {unknown}; valid keys: {valid}")
-        kwargs = dict(data)
-        if "scales" in kwargs and isinstance(kwargs["scales"], (list, tuple)):
-            kwargs["scales"] = tuple(kwargs["scales"])
-        return cls(**kwargs)
+        if isinstance(data, Mapping) and isinstance(data.get("scales"), list):
+            data = {**data, "scales": tuple(data["scales"])}
+        return strict_from_dict(cls, data, "MSGNN config")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON/YAML-friendly dict (scales as a list); ``from_dict(to_dict())`` round-trips."""

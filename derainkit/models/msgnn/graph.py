@@ -303,6 +303,3 @@ def _self_first(dist: torch.Tensor, idx: torch.Tensor, eps: float) -> tuple[torc
     dist = torch.cat([dist.new_full((b, m, 1), eps), dist.gather(-1, order)], -1)
     return dist, idx
 
-
-def grid_of(h: int, w: int, cfg: MSGNNConfig) -> tuple[int, int]:
-    return patch_grid(h, w, cfg.patch_size, cfg.stride)

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from derainkit.errors import CheckpointError
+from derainkit.weights import read_state_dict
 
 _BRANCHES = (("rainy1", "1", "scale1"), ("rainy2", "2", "scale2"), ("rainy4", "4", "scale4"),
              ("guide", "guide", "exemplar"))
@@ -102,27 +103,18 @@ def export_official_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _read(source: Mapping[str, Any] | str | Path) -> dict[str, torch.Tensor]:
     if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint {path} does not exist")
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # corrupt / not a torch file / pickled code
-            raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from None
-        where = str(path)
-    else:
-        obj, where = source, "state_dict"
-    if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{where}: expected a state_dict (mapping), got {type(obj).__name__}")
+        return read_state_dict(source)
+    if not isinstance(source, Mapping):
+        raise CheckpointError(f"state_dict: expected a mapping, got {type(source).__name__}")
+    obj = source
     for wrapper in ("net", "state_dict", "model"):  # official train.py saves {'net', 'clock_net', 'opt_net'}
         if wrapper in obj and isinstance(obj[wrapper], Mapping):
             obj = obj[wrapper]
             break
     bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if bad:
-        raise CheckpointError(f"{where}: entries that are not tensors: {bad[:5]}")
-    prefix = "module."  # nn.DataParallel
-    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in obj.items()}
+        raise CheckpointError(f"state_dict: entries that are not tensors: {bad[:5]}")
+    return {str(k).removeprefix("module."): v for k, v in obj.items()}
 
 
 def describe_official(sd: Mapping[str, torch.Tensor]) -> str:

@@ -1,0 +1,151 @@
+"""The training-task seam: what differs between model families, behind the few methods the loop calls.
+
+The loop (:mod:`derainkit.train.loop`) keeps what every family shares: seeding, the run folder, exact
+resume, the log/validate/checkpoint cadence, the progress bar, DDP set-up and barriers,
+``torch.compile``, autocast and channels-last. A :class:`TrainingTask` owns the rest:
+
+=====================  ==============================================================================
+``load_data()``        the training data and a batch source that is a pure function of (iteration,
+                       slots), plus how many items one epoch passes over
+``build()``            ``modules``, ``optimizers`` (dicts by name: the checkpoint stores each by name)
+``build_schedulers``   one scheduler per optimizer (default: MultiStepLR at the run's milestones)
+``step(batch, it)``    one optimisation step; returns *named* 0-d losses (one log column each)
+``state_dict()``       task state beyond modules/optimizers/schedulers that must survive a resume
+``export_name``        the module that validation scores and ``model.safetensors`` holds
+``static_graph``       whether DDP may assume the same parameters are used every step
+``run_files()``        extra JSON files for the run folder; ``manifests()`` the data's file lists
+=====================  ==============================================================================
+
+Design after BasicSR's generic loop calling ``optimize_parameters`` and timm's ``TrainingTask``:
+a new family is a task module plus a registry line in :mod:`derainkit.train.tasks`, never a copy of
+the loop.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from derainkit.errors import CheckpointError
+
+if TYPE_CHECKING:
+    from derainkit.data import Pair
+    from derainkit.train.config import RunConfig
+    from derainkit.train.dataset import BatchSource
+
+
+@dataclass
+class TaskContext:
+    """What the loop tells a task about the run it is part of."""
+
+    run: "RunConfig"
+    device: torch.device
+    world: int = 1
+    rank: int = 0
+    progress: bool = True
+    amp_dtype: torch.dtype | None = None  # autocast dtype (bf16 on CUDA), None for fp32
+    notes: list[str] = field(default_factory=list)  # recorded in provenance.json and run.json
+
+    def autocast(self) -> ContextManager:
+        """Autocast for the forward passes (a no-op in fp32)."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def to_device(self, batch: Mapping[str, torch.Tensor], images: Sequence[str] = ()) -> dict[str, torch.Tensor]:
+        """The batch on the device; the named image tensors in the run's memory format."""
+        fmt = torch.channels_last if self.run.channels_last else torch.contiguous_format
+        out = {}
+        for key, value in batch.items():
+            value = value.to(self.device, non_blocking=True)
+            out[key] = value.contiguous(memory_format=fmt) if key in images else value
+        return out
+
+
+def make_optimizer(cfg: "RunConfig", params: Any, **options: Any) -> torch.optim.Optimizer:
+    """Adam/AdamW with the run's lr, betas, eps and weight decay (``options`` override them)."""
+    kw = dict(lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    kw.update(options)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, **kw)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, **kw)
+    raise ValueError(f"optimizer={cfg.optimizer!r}")  # pragma: no cover - RunConfig validates it
+
+
+def make_scheduler(cfg: "RunConfig", optimizer: torch.optim.Optimizer, iterations: int) -> Any:
+    """MultiStepLR at round(f · iterations) for f in ``lr_milestones``, stepped once per iteration."""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones(iterations), gamma=cfg.lr_gamma)
+
+
+class TrainingTask:
+    """Base class: subclasses implement ``load_data``, ``build`` and ``step`` (see the module docstring)."""
+
+    loss_names: tuple[str, ...] = ("loss",)  # what step() returns, in log-column order (train_<name>)
+    static_graph: bool = True  # DDP: every step uses the same parameters (False: find unused ones each step)
+    export_name: str = "model"
+    train_root: Any = None  # where the training data came from (set by load_data; recorded in provenance)
+
+    def __init__(self, ctx: TaskContext, config: Any) -> None:
+        self.ctx, self.config, self.run = ctx, config, ctx.run
+        self.modules: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, Any] = {}
+        self.calls: dict[str, nn.Module] = {}  # what step() calls: the modules or their DDP/compiled wrappers
+
+    # ------------------------------------------------------------------ to implement
+    def load_data(self) -> tuple["BatchSource", int]:
+        """(batch source, items per epoch); called first, before any RNG is seeded."""
+        raise NotImplementedError
+
+    def build(self) -> None:
+        """Fill ``modules`` and ``optimizers`` (called after seeding: initialisation draws the torch RNG)."""
+        raise NotImplementedError
+
+    def step(self, batch: Mapping[str, torch.Tensor], iteration: int) -> dict[str, torch.Tensor]:
+        """One optimisation step on ``batch``; named 0-d losses (detached), keys ``loss_names``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ defaults
+    def build_schedulers(self, total: int) -> None:
+        self.schedulers = {name: make_scheduler(self.run, opt, total) for name, opt in self.optimizers.items()}
+
+    def optimizer_options(self, name: str) -> dict[str, Any]:
+        """Hyperparameters of optimizer ``name`` from the run config; reapplied when a run continues from
+        a checkpoint of a changed config (``allow_config_change``)."""
+        return dict(lr=self.run.lr, betas=tuple(self.run.betas), eps=self.run.eps,
+                    weight_decay=self.run.weight_decay)
+
+    def wrap(self, wrapper: Callable[[nn.Module], nn.Module]) -> None:
+        """Set ``calls``: ``wrapper`` (DDP, compile) applied to each module that has trainable parameters."""
+        self.calls = {name: wrapper(m) if any(p.requires_grad for p in m.parameters()) else m
+                      for name, m in self.modules.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state:
+            raise CheckpointError(f"this task keeps no state, but the checkpoint has {sorted(state)}")
+
+    def export_metadata(self) -> dict[str, Any]:
+        """How the registry rebuilds the exported module: its model name and config."""
+        from derainkit.train.config import canonical_model_config
+
+        return {"model": self.run.model, "model_config": canonical_model_config(self.run.model, self.run.model_config)}
+
+    def run_files(self) -> dict[str, Any]:
+        """Extra JSON files (name -> content) written into the run folder at each (re)start."""
+        return {}
+
+    def manifests(self) -> dict[str, Sequence["Pair"]]:
+        """Data manifests (file name -> pairs) written into the run folder; the first is the training set's."""
+        return {}
+
+    def grad_clip(self, module: nn.Module) -> None:
+        """Clip ``module``'s global gradient norm to the run's ``grad_clip`` (if set)."""
+        if self.run.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(module.parameters(), self.run.grad_clip)

@@ -12,14 +12,16 @@ the whole image to the GPU first and still ran out of memory).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import asdict, dataclass
 from typing import Callable, Literal
 
 import torch
 from tqdm.auto import tqdm
 
+from derainkit.sysmem import available_memory
+
 Blend = Literal["linear", "average"]
+MIN_TILE = 64  # smallest tile side: below it the overlap and a graph model's patch grid leave too little context
 
 
 @dataclass(frozen=True)
@@ -33,25 +35,9 @@ class TilePlan:
         return asdict(self)
 
 
-def available_memory(device: torch.device | str) -> int:
-    """Bytes the process can use now: free device memory on CUDA, MemAvailable on the CPU."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
-
-
 def plan_tiles(height: int, width: int, bytes_per_pixel: float, device: torch.device | str = "cpu",
                tile: int | str | None = "auto", overlap: int = 32, blend: Blend = "linear",
-               memory_budget: int | None = None, min_tile: int = 64) -> TilePlan:
+               memory_budget: int | None = None, min_tile: int = MIN_TILE) -> TilePlan:
     """Choose whole-image or tiled inference.
 
     ``tile``: "auto" (whole image if it fits ``memory_budget``, else the largest square tile that

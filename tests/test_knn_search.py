@@ -257,14 +257,14 @@ def test_two_stage_selection_on_long_rows_with_ties():
 
 def test_gemm_backend_does_not_change_results(monkeypatch):
     """oneDNN (when probed ok) and torch.mm GEMMs only build the shortlist: results are bit-identical."""
-    from derainkit.knn import search
+    from derainkit.knn import backends
 
     torch.manual_seed(8)
     q, x = torch.randn(2, 40 * 50, 16), torch.randn(2, 20 * 25, 16)
     kw = dict(query_grid=(40, 50), cand_grid=(20, 25))
     runs = []
-    for probed in (None, False):
-        monkeypatch.setattr(search, "_ONEDNN_PROBED", probed)
+    for probe in (backends.onednn_linear_ok, lambda: False):
+        monkeypatch.setattr(backends, "onednn_linear_ok", probe)
         runs.append((knn(q, x, 5, window=Window(30, "msgnn", 2), **kw), knn(q, x, 5)))
     for a, b in zip(runs[0], runs[1]):
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

@@ -7,6 +7,7 @@
 #   make train-shipped     retrain that checkpoint (about an hour on 2 CPU cores)
 #   make reproduce-tables  every paper table/figure notebook (PROFILE=smoke|cpu|gpu|paper, FORCE=1 recomputes)
 #   make table2            one item (table1..table5, fig7..fig9, code-vs-paper, exemplar-policies, protocol-gap)
+#                          PARAMS="eval_limit=5 iterations=100" sets notebook parameters (names are checked)
 #   make lab               JupyterLab on notebooks/
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -18,6 +19,8 @@ EXTRAS ?= dev,notebooks
 
 PROFILE ?= smoke
 FORCE ?= 0
+PARAMS ?=
+
 # paper item -> notebook (make target = key)
 NB_table1 := table1_benchmarks
 NB_table2 := table2_components
@@ -92,12 +95,13 @@ $(ITEMS): setup $(if $(filter smoke,$(PROFILE)),,data-link)
 	@$(MAKE) --no-print-directory _notebook ITEM=$@
 
 # Executed copies go to results/<profile>/notebooks/; the committed notebooks are never overwritten.
+# Through derainkit.experiments.run_notebook (papermill underneath): unknown parameter names and bad
+# values are refused in one line (exit 2) instead of papermill's warning.
 _notebook:
 	@test -f notebooks/profiles/$(PROFILE).yaml || { echo "unknown PROFILE=$(PROFILE): see notebooks/profiles/"; exit 2; }
-	@mkdir -p results/$(PROFILE)/notebooks
 	@echo "== $(ITEM) ($(NB_$(ITEM)).ipynb, profile $(PROFILE))"
-	$(PY) -m papermill --cwd notebooks --log-level WARNING -f notebooks/profiles/$(PROFILE).yaml \
-	  -p force $(FORCE) -p results_dir $(CURDIR)/results \
+	$(PY) -m derainkit.experiments.run_notebook --profile $(PROFILE) --cwd notebooks \
+	  -p force $(FORCE) -p results_dir $(CURDIR)/results $(foreach p,$(PARAMS),-p $(subst =, ,$(p))) \
 	  notebooks/$(NB_$(ITEM)).ipynb results/$(PROFILE)/notebooks/$(NB_$(ITEM)).ipynb
 
 lab: setup

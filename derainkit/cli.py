@@ -11,8 +11,37 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from derainkit.errors import DerainkitError, naming_file
+from derainkit.errors import DerainkitError, OneLineParser
 
+
+
+MAX_CONFIG_TEXT = 65536  # bytes of --config JSON accepted (a model config is a few hundred)
+
+
+def _count(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value
+
+
+def _tile(text: str) -> int | str:
+    """argparse type: auto, none, or a tile side of at least MIN_TILE pixels."""
+    from derainkit.infer.tiling import MIN_TILE
+
+    if text in ("auto", "none"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected auto, none or a tile side in pixels") from None
+    if value < MIN_TILE:
+        raise argparse.ArgumentTypeError(f"{value}: a tile side must be at least {MIN_TILE} px")
+    return value
 
 
 def _add_model_args(ap: argparse.ArgumentParser, required: bool = True) -> None:
@@ -20,30 +49,60 @@ def _add_model_args(ap: argparse.ArgumentParser, required: bool = True) -> None:
     ap.add_argument("--weights", type=Path, help="weights file (official .pth or kit .safetensors)")
     ap.add_argument("--config", default=None, help="model config overrides as JSON, e.g. '{\"stages\": 6}'")
     ap.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1 ...")
-    ap.add_argument("--tile", default="auto",
+    ap.add_argument("--tile", default="auto", type=_tile,
                     help="auto (tile only when the image does not fit memory), none, or a tile side in pixels")
-    ap.add_argument("--overlap", type=int, default=32, help="tile overlap in pixels")
+    ap.add_argument("--overlap", type=_count, default=32, help="tile overlap in pixels")
     ap.add_argument("--blend", choices=("linear", "average"), default="linear", help="how overlapping tiles mix")
+    ap.add_argument("--max-pixels", type=_count, default=None,
+                    help="refuse images whose header declares more pixels (default 250e6, or $DERAINKIT_MAX_PIXELS)")
+
+
+def _model_config(args: argparse.Namespace) -> dict | None:
+    if not args.config:
+        return None
+    if len(args.config) > MAX_CONFIG_TEXT:
+        raise DerainkitError(f"--config: {len(args.config)} characters is too long for a model config")
+    try:
+        config = json.loads(args.config)
+    except json.JSONDecodeError as exc:
+        raise DerainkitError(f"--config is not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise DerainkitError(f"--config must be a JSON object of model config keys, e.g. '{{\"k\": 7}}', "
+                             f"got {type(config).__name__}")
+    return config
 
 
 def _predictor(args: argparse.Namespace):
     from derainkit.infer import load_predictor
 
-    config = json.loads(args.config) if args.config else None
-    return load_predictor(args.model, args.weights, config, device=args.device, tile=args.tile,
+    if isinstance(args.tile, int) and args.overlap * 2 >= args.tile:
+        raise DerainkitError(f"--overlap {args.overlap} must be less than half of --tile {args.tile}")
+    return load_predictor(args.model, args.weights, _model_config(args), device=args.device, tile=args.tile,
                           overlap=args.overlap, blend=args.blend)
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from derainkit.data import discover_pairs, resolve_data_path
-    from derainkit.metrics.evaluate import evaluate
-    from derainkit.data import file_sha256
+def _apply_max_pixels(args: argparse.Namespace) -> None:
+    import os
 
+    from derainkit.io import MAX_PIXELS_ENV
+
+    if getattr(args, "max_pixels", None):
+        os.environ[MAX_PIXELS_ENV] = str(args.max_pixels)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from derainkit.data import discover_pairs, file_sha256, resolve_data_path
+    from derainkit.infer.folder import probe_writable
+    from derainkit.metrics.evaluate import evaluate
+
+    _apply_max_pixels(args)
     args.data = resolve_data_path(args.data)
     pairs = discover_pairs(args.data, layout=args.layout)
     if args.limit:
         pairs = pairs[: args.limit]
     protocols = args.protocol or ["matlab-y"]
+    out = args.out or Path("results") / "evaluate" / f"{args.model or 'input'}_{Path(args.data).resolve().name}"
+    probe_writable(Path(out))
     meta: dict = {"data_layout": args.layout}
     if args.model:
         spec, predictor = _predictor(args)
@@ -51,13 +110,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         weights = args.weights or spec.default_weights
         meta.update(model=args.model, weights=str(weights), weights_sha256=file_sha256(weights),
                     model_config=predictor.model.config.to_dict() if hasattr(predictor.model, "config") else None)
-        device = str(predictor.device)
-
-        predict = predictor.predict_fn()
+        predict, device = predictor.predict_fn(), str(predictor.device)
     else:
         predict, quantize, device = None, ("round" if args.quantize == "auto" else args.quantize), "cpu"
         meta.update(model=None, note="rainy images scored as they are (no model)")
-    out = args.out or Path("results") / "evaluate" / f"{args.model or 'input'}_{Path(args.data).resolve().name}"
     result = evaluate(pairs, predict, out, protocols, quantize=quantize,
                       save_dir=(Path(out) / "images") if args.save_images else None, data_root=args.data,
                       meta=meta, device=device)
@@ -68,38 +124,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_derain(args: argparse.Namespace) -> int:
-    from tqdm.auto import tqdm
-
-    from derainkit.data import discover_pairs
-    from derainkit.io import is_image_file, load_image, write_image
-
-    src, dst = Path(args.input), Path(args.output)
-    if src.is_dir():
-        jobs = [(p.rainy, dst / (p.id + ".png")) for p in discover_pairs(src, layout="unpaired")]
-    elif src.is_file():
-        if not is_image_file(src):
-            raise DerainkitError(f"{src}: not an image file (expected .png, .jpg, .jpeg, .tif, .tiff or .bmp)")
-        target = dst if dst.suffix.lower() in (".png", ".tif", ".tiff") else dst / (src.stem + ".png")
-        jobs = [(src, target)]
-    else:
-        raise DerainkitError(f"{src}: no such file or folder")
-    spec, predictor = _predictor(args)
-    records = []
-    for path, target in tqdm(jobs, desc="derain", unit="img", disable=len(jobs) == 1):
-        img = load_image(path)
-        out, plan = naming_file(path, lambda: predictor(img.pixels, progress=True))
-        depth = img.bit_depth if args.bit_depth == "auto" else int(args.bit_depth)
-        write_image(target, out, bit_depth=depth)
-        records.append({"input": str(path), "output": str(target), "height": out.shape[0], "width": out.shape[1],
-                        "bit_depth": depth, "exif_orientation_applied": img.orientation, "tiling": plan.to_dict()})
-        print(f"{path} -> {target} ({out.shape[1]}x{out.shape[0]}, {depth}-bit, "
-              f"{'whole image' if plan.tile is None else f'tiles {plan.tile}px overlap {plan.overlap}'})")
+    from derainkit.data import file_sha256
+    from derainkit.infer.folder import DerainLog, derain_jobs, plan_jobs, probe_writable
     from derainkit.provenance import provenance
 
-    log = (dst if src.is_dir() or not dst.suffix else dst.parent) / "derain_log.json"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text(json.dumps({"model": args.model, "weights": str(args.weights or spec.default_weights),
-                               "images": records, "provenance": provenance(predictor.device)}, indent=2) + "\n")
+    _apply_max_pixels(args)
+    jobs, folder = plan_jobs(Path(args.input), Path(args.output))
+    probe_writable(folder)  # before the model is loaded: a read-only folder fails now, not after inference
+    log = DerainLog(folder)
+    spec, predictor = _predictor(args)
+    weights = args.weights or spec.default_weights
+    config = predictor.model.config.to_dict() if hasattr(predictor.model, "config") else _model_config(args)
+    settings = {"model": args.model, "weights_sha256": file_sha256(weights), "model_config": config,
+                "tile": args.tile, "overlap": args.overlap, "blend": args.blend, "bit_depth": args.bit_depth}
+    run = {"model": args.model, "weights": str(weights), "settings": settings,
+           "provenance": provenance(predictor.device)}
+
+    def predict(pixels):
+        out, plan = predictor(pixels, progress=True)
+        return {"derained": out}, plan
+
+    counts = derain_jobs(jobs, predict, log, run, bit_depth=args.bit_depth)
+    if counts["skipped"]:
+        print(f"{counts['skipped']} image(s) already derained with these settings (see {log.path}); skipped")
     return 0
 
 
@@ -116,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     from derainkit.data.layouts import LAYOUTS
     from derainkit.metrics.protocols import PROTOCOLS
 
-    ap = argparse.ArgumentParser(prog="derainkit", description="Deraining reproducibility kit")
+    ap = OneLineParser(prog="derainkit", description="Deraining reproducibility kit")
     sub = ap.add_subparsers(dest="command", required=True)
 
     ev = sub.add_parser("evaluate", help="score a model (or the rainy images themselves) on a paired dataset")
@@ -128,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="metric protocol (repeatable; default matlab-y)")
     ev.add_argument("--quantize", choices=("auto", "round", "trunc"), default="auto",
                     help="float output -> uint8 before uint8 protocols; auto = what the model's official test did")
-    ev.add_argument("--limit", type=int, default=0, help="score only the first N pairs (natural order)")
+    ev.add_argument("--limit", type=_count, default=0, help="score only the first N pairs (natural order; 0: all)")
     ev.add_argument("--save-images", action="store_true", help="also write the derained images")
     ev.add_argument("--out", type=Path, help="output folder (default results/evaluate/<model>_<data>)")
     ev.set_defaults(func=cmd_evaluate)
@@ -151,14 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed in one line
+        return int(exc.code or 0)
     try:
         return args.func(args)
     except DerainkitError as exc:
         print(f"derainkit: error: {exc}", file=sys.stderr)
-        return 2
-    except json.JSONDecodeError as exc:
-        print(f"derainkit: error: --config is not valid JSON ({exc})", file=sys.stderr)
         return 2
 
 

@@ -6,6 +6,7 @@ inside torch or Pillow.
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -45,3 +46,10 @@ def naming_file(path: str | Path, fn: Callable[[], T]) -> T:
         if str(path) in str(exc):
             raise
         raise type(exc)(f"{path}: {exc}") from None
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``derainkit: error: ...``, exit 2), like every other error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"derainkit: error: {self.prog}: {message} (see --help)\n")

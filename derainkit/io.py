@@ -26,6 +26,11 @@ from derainkit.fsutil import atomic_write_bytes
 PathLike = Union[str, os.PathLike]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+# Images are refused before decoding when their header declares more pixels than this: a few kB of PNG
+# can declare 30000² pixels (tens of GB once decoded). 250 MP covers the largest phone and medium-format
+# photos (they tile); raise it with $DERAINKIT_MAX_PIXELS or `derainkit derain --max-pixels`.
+DEFAULT_MAX_PIXELS = 250_000_000
+MAX_PIXELS_ENV = "DERAINKIT_MAX_PIXELS"
 LOSSLESS_EXTENSIONS = (".png", ".tif", ".tiff")
 _EXIF_ORIENTATION = 0x0112
 
@@ -43,6 +48,46 @@ class LoadedImage:
 
 def is_image_file(path: PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def max_pixels() -> int:
+    """The pixel limit in force: $DERAINKIT_MAX_PIXELS, else DEFAULT_MAX_PIXELS."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(float(text))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ImageReadError(f"${MAX_PIXELS_ENV}={text!r} must be a positive number of pixels, e.g. 400000000")
+    return value
+
+
+def header_size(path: PathLike) -> tuple[int, int] | None:
+    """(height, width) as stored, read from the file's header without decoding its pixels; None when
+    Pillow cannot parse the header (the decoder then checks the size itself)."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # the kit's own limit applies (check_pixels), not Pillow's warning level
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+    return int(height), int(width)
+
+
+def check_pixels(path: PathLike, height: int, width: int) -> None:
+    """ImageReadError naming the file when height × width exceeds the pixel limit (or is empty)."""
+    limit = max_pixels()
+    if height < 1 or width < 1:
+        raise ImageReadError(f"{path}: declares an empty image ({width}×{height})")
+    if height * width > limit:
+        raise ImageReadError(f"{path}: declares {width}×{height} = {height * width / 1e6:.0f} MP, above the limit of "
+                             f"{limit / 1e6:.0f} MP; if the image is real, raise the limit with "
+                             f"{MAX_PIXELS_ENV}=<pixels> or --max-pixels")
 
 
 def _exif_orientation(path: Path) -> int:
@@ -90,11 +135,15 @@ def load_image(path: PathLike) -> LoadedImage:
         raise ImageReadError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if data.size == 0:
         raise ImageReadError(f"{path}: file is empty (0 bytes)")
+    size = header_size(path)
+    if size is not None:
+        check_pixels(path, *size)  # before decoding: an absurd header costs nothing
     arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if arr is None or arr.size == 0:
         raise ImageReadError(
             f"{path}: not a readable image (corrupt or unsupported format; expected one of "
             f"{', '.join(IMAGE_EXTENSIONS)})")
+    check_pixels(path, arr.shape[0], arr.shape[1])
     if arr.dtype == np.uint8:
         depth, scale = 8, 255.0
     elif arr.dtype == np.uint16:

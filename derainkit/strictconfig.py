@@ -20,6 +20,27 @@ from derainkit.errors import ConfigError
 T = TypeVar("T")
 
 MAX_TEXT = 4096  # longest string value accepted from a config (paths, names): bounds what a config can expand to
+MAX_CONFIG_BYTES = 1 << 20  # a config file or value larger than 1 MiB is refused before parsing
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """Parse YAML (or JSON) from a config, refusing texts over MAX_CONFIG_BYTES and aliases (``*name``):
+    anchors let a few lines expand into gigabytes (the "billion laughs"), and no kit config needs them."""
+    import yaml
+
+    class _NoAliases(yaml.SafeLoader):
+        def compose_node(self, parent, index):  # type: ignore[override]
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, "aliases (*name) are not accepted in a config", mark)
+            return super().compose_node(parent, index)
+
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{where}: {len(text)} characters is too large for a config (at most {MAX_CONFIG_BYTES})")
+    try:
+        return yaml.load(text, Loader=_NoAliases)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML/JSON ({' '.join(str(exc).split())})") from None
 
 
 def strict_from_dict(cls: type[T], data: Mapping[str, Any] | None, what: str, sort_valid: bool = False) -> T:

@@ -40,6 +40,7 @@ import numpy as np
 from derainkit.data.paths import cache_dir
 from derainkit.data.synthetic import PRESETS, add_rain
 from derainkit.errors import DatasetError
+from derainkit.fsutil import atomic_write_bytes, atomic_write_text
 
 GENERATOR_VERSION = "1"
 SPLITS = ("train", "test")
@@ -139,8 +140,7 @@ def _write_png_stored(path: Path, rgb: np.ndarray) -> None:
 
     png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
            + chunk(b"IDAT", zdata) + chunk(b"IEND", b""))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(png)
+    atomic_write_bytes(path, png)
 
 
 def _version_key(sources: dict[str, np.ndarray]) -> str:
@@ -191,7 +191,7 @@ def _build(dest: Path, sources: dict[str, np.ndarray], key: str) -> None:
         "crops": plan,
         "digests": {split: folder_digest(dest / split) for split in SPLITS},
     }
-    (dest / _MARKER).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(dest / _MARKER, json.dumps(meta, indent=1, sort_keys=True) + "\n")
 
 
 @functools.lru_cache(maxsize=1)
@@ -250,6 +250,9 @@ def resolve_data_path(spec: str | os.PathLike) -> Path:
         from derainkit.data.paths import data_root
 
         name = text.partition(":")[2].strip("/")
+        if not name or any(part in ("..", ".") for part in name.split("/")) or name.startswith("~"):
+            raise DatasetError(f"{text}: a data: name is a folder inside the data root, like data:rain100l/test "
+                               "(no '..', '.' or '~'); give any other folder as a plain path")
         path = data_root() / name
         if not path.exists():
             raise DatasetError(f"{text}: no folder {path} in the data root; fetch it with "

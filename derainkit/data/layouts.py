@@ -315,17 +315,17 @@ def image_size(path: PathLike) -> tuple[int, int]:
     rule as `derainkit.io.load_image` (a quarter turn swaps the sides). Files Pillow cannot parse are
     decoded by `read_image`, which names the file if it is not an image.
     """
-    from PIL import Image, UnidentifiedImageError
+    from derainkit.io import check_pixels, header_size
 
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: file not found")
-    try:
-        with Image.open(path) as im:
-            width, height = im.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+    size = header_size(path)
+    if size is None:
         h, w = read_image(path).shape[:2]
         return h, w
+    height, width = size
+    check_pixels(path, height, width)
     if path.suffix.lower() in _EXIF_SUFFIXES and _exif_orientation(path) in (5, 6, 7, 8):
         width, height = height, width
     return int(height), int(width)

@@ -32,13 +32,13 @@ PROFILES_DIR = Path(__file__).resolve().parent / "profiles"  # also at notebooks
 
 def profile_values(name: str) -> dict[str, Any]:
     """The values of ``profiles/<name>.yaml`` (its ``profile:`` key becomes ``name``)."""
-    import yaml
+    from derainkit.strictconfig import load_yaml
 
     path = PROFILES_DIR / f"{name}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
         raise ConfigError(f"unknown profile {name!r}: no {path}; profiles: {known}")
-    values = yaml.safe_load(path.read_text()) or {}
+    values = load_yaml(path.read_text(), str(path)) or {}
     values["name"] = values.pop("profile", name)
     return values
 
@@ -69,6 +69,8 @@ class Profile:
     def __post_init__(self) -> None:
         if isinstance(self.force, str):  # `make ... FORCE=1` passes text
             self.force = self.force.strip().lower() not in ("", "0", "false", "no")
+        elif isinstance(self.force, int) and not isinstance(self.force, bool) and self.force in (0, 1):
+            self.force = bool(self.force)
         coerce_fields(self)
         self.validate()
 

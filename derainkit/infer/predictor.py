@@ -32,8 +32,9 @@ class Predictor:
     def __init__(self, model: nn.Module, bytes_per_pixel: float, device: str | torch.device = "auto",
                  tile: int | str | None = "auto", overlap: int = 32, blend: Blend = "linear",
                  memory_budget: int | None = None,
-                 forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None) -> None:
+                 forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None, label: str = "") -> None:
         self.device = resolve_device(device)
+        self.label = label or type(model).__name__
         self.model = model.to(self.device).eval()
         self.bytes_per_pixel = bytes_per_pixel
         self.tile, self.overlap, self.blend, self.memory_budget = tile, overlap, blend, memory_budget
@@ -48,6 +49,10 @@ class Predictor:
         plan = self.plan(*pixels.shape[:2])
         out = run_tiled(lambda x: self._forward(self.model, x), image_to_tensor(pixels), plan, self.device,
                         progress=progress)
+        if not torch.isfinite(out).all():
+            bad = int((~torch.isfinite(out)).sum())
+            raise DerainkitError(f"the model ({self.label}) produced {bad} non-finite values (NaN/inf): its weights "
+                                 "are damaged or the run that made them diverged; nothing was written")
         return tensor_to_image(out), plan
 
     def predict_fn(self) -> Callable[[np.ndarray, object], tuple[np.ndarray, dict]]:
@@ -70,4 +75,6 @@ def load_predictor(model: str, weights: str | Path | None = None, config: Mappin
     if weights is None and spec.default_weights is None:
         raise DerainkitError(f"model {model!r} ships no weights; pass --weights FILE")
     net = build_model(model, dict(config) if config is not None else None, weights)
-    return spec, Predictor(net, spec.infer_bytes_per_pixel, device=device, tile=tile, overlap=overlap, blend=blend)
+    label = f"{model}, weights {weights or spec.default_weights}"
+    return spec, Predictor(net, spec.infer_bytes_per_pixel, device=device, tile=tile, overlap=overlap, blend=blend,
+                           label=label)

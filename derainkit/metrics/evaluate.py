@@ -11,6 +11,8 @@ Writes, into an output folder:
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
 import math
 import time
@@ -21,9 +23,10 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from derainkit.data import Pair, load_pair, write_manifest
+from derainkit.data import Pair, load_pair
+from derainkit.data.manifest import manifest_text
 from derainkit.errors import DatasetError, naming_file
-from derainkit.fsutil import atomic_write_text
+from derainkit.fsutil import atomic_write_bytes, check_target, refuse_overwriting
 from derainkit.io import write_image
 from derainkit.metrics.protocols import PROTOCOLS, Quantize, get_protocol, score
 from derainkit.provenance import provenance
@@ -95,6 +98,12 @@ def evaluate(pairs: Sequence[Pair], predict: PredictFn | None, out_dir: str | Pa
     if missing_gt:
         raise DatasetError(f"{len(missing_gt)} image(s) have no ground truth, cannot score: {missing_gt[:10]}")
     out_dir = Path(out_dir)
+    outputs = [(out_dir / name, out_dir) for name in ("per_image.csv", "manifest.csv", "summary.json", "summary.md")]
+    if save_dir is not None:
+        outputs += [(Path(save_dir) / f"{p.id}.png", p.rainy) for p in pairs]
+    refuse_overwriting(outputs, [f for p in pairs for f in {p.rainy, p.clean}])
+    for path, _source in outputs:
+        check_target(path)  # a link among the outputs fails now, not after the whole evaluation
     out_dir.mkdir(parents=True, exist_ok=True)
     if save_dir is not None:
         Path(save_dir).mkdir(parents=True, exist_ok=True)
@@ -121,12 +130,16 @@ def evaluate(pairs: Sequence[Pair], predict: PredictFn | None, out_dir: str | Pa
             write_image(Path(save_dir) / f"{pair.id}.png", pred)
     wall = time.perf_counter() - t0
 
-    with open(out_dir / "per_image.csv", "w", newline="") as fh:
-        fields = list(dict.fromkeys(k for r in rows for k in r))
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    digest = write_manifest(list(pairs), out_dir / "manifest.csv")
+    # Every output is prepared in memory first and written at the very end, each atomically, in one quick
+    # burst: a run killed at any moment before leaves the previous results untouched. summary.json, written
+    # last, holds the digests of the others, so a reader can tell a complete set from a mix.
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)), lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    per_image = buf.getvalue().encode("utf-8")
+    manifest = manifest_text(list(pairs)).encode("utf-8")
+    digest = hashlib.sha256(manifest).hexdigest()
     means = mean_scores(rows, protocols)
     # how many images ran whole or with each tile setting (the reasons live in per_image.csv's tile column)
     tiling_counts: dict[str, int] = {}
@@ -142,17 +155,20 @@ def evaluate(pairs: Sequence[Pair], predict: PredictFn | None, out_dir: str | Pa
         "quantize": quantize,
         "data_root": str(data_root) if data_root is not None else None,
         "manifest_sha256": digest,
+        "per_image_sha256": hashlib.sha256(per_image).hexdigest(),
         "tiling": tiling_counts,
         "wall_seconds": round(wall, 2),
         **(meta or {}),
         "provenance": provenance(device),
     }
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     result = EvaluationResult(out_dir, len(rows), means, summary)
     md = [f"# Evaluation: {summary.get('model', 'input images')} on {data_root or 'pairs'}", "",
           f"{len(rows)} images; float outputs quantised by `{quantize}` for uint8 protocols; "
           f"commit `{summary['provenance']['commit']}`, device {summary['provenance']['device']}.", "",
           result.table(), "", "Protocols:"]
     md += [f"- `{p}`: {d}" for p, d in summary["protocols"].items()]
-    atomic_write_text(out_dir / "summary.md", "\n".join(md) + "\n")
+    files = {"per_image.csv": per_image, "manifest.csv": manifest, "summary.md": ("\n".join(md) + "\n").encode(),
+             "summary.json": (json.dumps(summary, indent=2, default=str) + "\n").encode()}
+    for name, data in files.items():
+        atomic_write_bytes(out_dir / name, data)
     return result

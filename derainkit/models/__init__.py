@@ -117,7 +117,16 @@ def build_model(name: str | None = None, config: Mapping[str, Any] | None = None
     model = spec.build(spec.config_from_dict(config))
     if path is not None:
         spec.load_weights(model, path)
+        _check_finite(model, path)
     return model.to(device).eval()
+
+
+def _check_finite(model: nn.Module, path: Path) -> None:
+    """Weights with NaN/inf make black or garbage images that would then be scored: refuse them."""
+    for key, value in model.state_dict().items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(f"{path}: weights contain NaN/inf values (first in {key!r}); the file is damaged "
+                                  "or the training run that wrote it diverged")
 
 
 def load_exported(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:

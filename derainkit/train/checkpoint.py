@@ -53,6 +53,7 @@ def _atomic_link_or_copy(src: Path, dst: Path) -> None:
     """Make ``dst`` hold ``src``'s bytes, atomically: a hard link when possible (no second write)."""
     with atomic_path(dst, durable=True) as tmp:
         try:
+            tmp.unlink()  # atomic_path made it; a hard link needs the name free
             os.link(src, tmp)
         except OSError:
             import shutil

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from derainkit.errors import CheckpointError, ConfigError, DerainkitError
+from derainkit.errors import CheckpointError, ConfigError, DerainkitError, OneLineParser
 
 _EPILOG = """examples:
   derainkit train --model prenet --set iterations=2000 --set exemplar=none
@@ -123,7 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m derainkit.train.cli`` (and torchrun): the same arguments as ``derainkit train``."""
-    ap = argparse.ArgumentParser(prog="derainkit train", description=__doc__,
+    ap = OneLineParser(prog="derainkit train", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(ap)
     return cmd_train(ap.parse_args(argv))

@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import yaml
 
 from derainkit.errors import ConfigError
-from derainkit.strictconfig import coerce_fields, strict_from_dict
+from derainkit.strictconfig import MAX_CONFIG_BYTES, coerce_fields, load_yaml, strict_from_dict
 
 OPTIMIZERS = ("adam", "adamw")
 EXEMPLAR_POLICIES = ("official", "random", "self", "none", "retrieval")
@@ -34,7 +33,7 @@ DEFAULT_EPOCHS = 500.0
 
 # Fields that cannot change what a run computes, left out of the hash so that moving the output folder,
 # changing the loader's worker count or how often checkpoints are written still names the same run.
-_NOT_IN_HASH = ("out_dir", "num_workers", "checkpoint_every")
+NOT_IN_HASH = ("out_dir", "num_workers", "checkpoint_every")
 
 
 @dataclass(frozen=True)
@@ -95,10 +94,13 @@ class RunConfig:
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: run config file not found")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size} bytes is too large for a run config")
         try:
-            data = yaml.safe_load(path.read_text())  # YAML is a superset of JSON
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid YAML/JSON ({exc})") from None
+            text = path.read_text()
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"{path}: not a text file ({exc})") from None
+        data = load_yaml(text, str(path))  # YAML is a superset of JSON
         if data is None:
             data = {}
         if not isinstance(data, Mapping):
@@ -228,7 +230,7 @@ class RunConfig:
         """What the hash covers: every field except those that cannot change results, with the model
         config put through the model's own config class (so ``{}`` and the explicit defaults agree)."""
         d = self.to_dict()
-        for name in _NOT_IN_HASH:
+        for name in NOT_IN_HASH:
             d.pop(name)
         d["model_config"] = canonical_model_config(self.model, self.model_config)
         # The task keys came after the first records were stored: at their defaults (the model's own task,
@@ -257,10 +259,7 @@ class RunConfig:
             key = key.strip()
             if not sep or not key:
                 raise ConfigError(f"override {item!r} must look like key=value (e.g. lr=1e-4, model_config.k=7)")
-            try:
-                value = yaml.safe_load(text) if text.strip() else None
-            except yaml.YAMLError as exc:
-                raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from None
+            value = load_yaml(text, f"override {item!r}: value") if text.strip() else None
             top, _, rest = key.partition(".")
             if top not in data:
                 raise ConfigError(f"override {item!r}: unknown run config key {top!r}; valid keys: "

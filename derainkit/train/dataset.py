@@ -87,6 +87,7 @@ class TrainingSet:
         if unpaired:
             raise DatasetError(f"{path}: training needs clean images; {len(unpaired)} image(s) have none "
                                f"(layout {pairs[0].layout!r}), e.g. {unpaired[:5]}")
+        check_fits_in_memory(path, [p.rainy for p in pairs], copies=2)
         rainy, clean = [], []
         for pair in tqdm(pairs, desc="load training pairs", unit="img", disable=not progress, leave=False):
             r, c = load_pair(pair)
@@ -350,6 +351,19 @@ def iterate_batches(sampler: BatchSource, start: int, stop: int, slots: Sequence
 # ---------------------------------------------------------------------------------------------------
 # unpaired data
 
+def check_fits_in_memory(root: Path, files: Sequence[Path], copies: int = 1) -> None:
+    """DatasetError before loading when the images (float32 RGB, ``copies`` per file) exceed the memory
+    available; sizes come from the file headers, so nothing is decoded to find out."""
+    from derainkit.data import image_size
+    from derainkit.sysmem import available_memory
+
+    need = sum(h * w for h, w in (image_size(f) for f in files)) * 3 * 4 * copies
+    have = available_memory("cpu")
+    if need > 0.8 * have:
+        raise DatasetError(f"{root}: the training images need {need / 2**30:.1f} GiB in memory (float32), but "
+                           f"{have / 2**30:.1f} GiB are available; train on a subset or smaller images")
+
+
 def _load_images(pairs: Sequence[Pair], what: str, progress: bool) -> list[np.ndarray]:
     from derainkit.io import read_image
 
@@ -400,6 +414,7 @@ class UnpairedSet:
         if not rainy_pairs or not clean_pairs:
             raise DatasetError(f"{root}: unpaired training needs rainy and clean images; found "
                                f"{len(rainy_pairs)} rainy and {len(clean_pairs)} clean")
+        check_fits_in_memory(root, [p.rainy for p in rainy_pairs + clean_pairs])
         return cls(rainy=_load_images(rainy_pairs, "rainy", progress), clean=_load_images(clean_pairs, "clean", progress),
                    rainy_pairs=rainy_pairs, clean_pairs=clean_pairs, root=root)
 

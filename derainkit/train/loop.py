@@ -65,7 +65,7 @@ from derainkit.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from derainkit.train.config import RunConfig
+from derainkit.train.config import NOT_IN_HASH, RunConfig
 from derainkit.train.dataset import iterate_batches, resolve_data_path
 from derainkit.train.tasks import get_task
 from derainkit.train.tasks.base import TaskContext, TrainingTask, make_optimizer, make_scheduler  # noqa: F401
@@ -390,10 +390,12 @@ class _Run:
             if stop > start or not weights.is_file():
                 from derainkit.provenance import git_commit
 
+                # Only what defines the run (not where it was written): identical runs export identical bytes.
+                run_config = {k: v for k, v in self.cfg.to_dict().items() if k not in NOT_IN_HASH}
                 export_safetensors(task.modules[task.export_name], weights, {
                     **task.export_metadata(), "task": self.cfg.resolved_task, "config_hash": self.hash,
                     "commit": git_commit(), "iterations": total, "metric": metrics, "input_metric": input_metrics,
-                    "run_config": self.cfg.to_dict()})
+                    "run_config": run_config})
             self._write_status(run_dir, stop, total, metrics, input_metrics, weights)
         self._barrier()
         return RunResult(run_dir=run_dir, config_hash=self.hash, iteration=stop, total_iterations=total,

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable, ContextManager, Mapping, Sequen
 import torch
 import torch.nn as nn
 
-from derainkit.errors import CheckpointError
+from derainkit.errors import CheckpointError, ConfigError
 
 if TYPE_CHECKING:
     from derainkit.data import Pair
@@ -79,6 +79,25 @@ def make_optimizer(cfg: "RunConfig", params: Any, **options: Any) -> torch.optim
 def make_scheduler(cfg: "RunConfig", optimizer: torch.optim.Optimizer, iterations: int) -> Any:
     """MultiStepLR at round(f · iterations) for f in ``lr_milestones``, stepped once per iteration."""
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones(iterations), gamma=cfg.lr_gamma)
+
+
+# Training keeps every activation for backward, inference only a chunk at a time: per pixel, training
+# needs several times the inference figure of the registry. 4x is a lower bound (measured: more for
+# MSGNN), so a run this check refuses cannot fit; one it lets through may still not.
+TRAIN_MEMORY_FACTOR = 4.0
+
+
+def check_training_memory(spec: Any, run: "RunConfig", ctx: TaskContext) -> None:
+    """ConfigError before any work when batch × crop² certainly does not fit the device's memory."""
+    from derainkit.sysmem import available_memory
+
+    per_rank = run.batch // max(1, ctx.world)
+    need = TRAIN_MEMORY_FACTOR * spec.infer_bytes_per_pixel * per_rank * run.crop ** 2
+    have = available_memory(ctx.device)
+    if need > have:
+        raise ConfigError(f"batch={run.batch} at crop={run.crop} needs at least {need / 2**30:.1f} GiB to train "
+                          f"{run.model} on {ctx.device.type}, but {have / 2**30:.1f} GiB are available; lower batch "
+                          "or crop (or train on more processes: the batch is split across them)")
 
 
 class TrainingTask:

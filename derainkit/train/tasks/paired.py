@@ -16,7 +16,7 @@ import torch
 
 from derainkit.errors import ConfigError
 from derainkit.strictconfig import strict_from_dict
-from derainkit.train.tasks.base import TrainingTask, make_optimizer
+from derainkit.train.tasks.base import TrainingTask, check_training_memory, make_optimizer
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ class PairedTask(TrainingTask):
         if run.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self._check_crop(model)
+        check_training_memory(self.spec, run, self.ctx)
         self.modules = {"model": model.train()}
         self.optimizers = {"model": make_optimizer(run, model.parameters())}
 

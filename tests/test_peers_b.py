@@ -146,6 +146,16 @@ def test_strict_configs_presets_and_round_trip(name):
     assert module.RECIPE["loss"] in {**LOSSES, **PEER_LOSSES}
 
 
+@pytest.mark.parametrize("name", list(PEERS))
+def test_recipes_are_valid_run_config_overrides(name):
+    from derainkit.train.config import RunConfig
+
+    recipe = dict(PEERS[name][0].RECIPE)
+    loss = recipe.pop("loss")
+    cfg = RunConfig.from_dict({"model": "prenet", **recipe, "loss": loss if loss in LOSSES else "mse"})
+    assert cfg.lr == recipe["lr"] and tuple(cfg.lr_milestones) == tuple(recipe["lr_milestones"])
+
+
 def test_config_values_are_checked():
     with pytest.raises(ConfigError, match="recurrent"):
         dcsfn.DCSFNConfig(recurrent="transformer")

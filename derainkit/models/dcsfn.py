@@ -1,7 +1,10 @@
 """DCSFN (Wang, Xing, Wu, Su, Chen, ACM MM 2020): deep cross-scale fusion network for rain removal.
 
 What the network is (official code, Ohraincu/DCSFN ``config/model.py`` with ``config/settings.py``'s
-defaults; the paper describes the same design and its 6.45 M parameters are this count, 6,453,147):
+defaults; 6,453,147 parameters, the 6.45 M quoted for DCSFN; the repository's abstract describes the same
+design — sub-networks at several scales fused "in a cross-scale manner by Gate Recurrent Unit",
+inner-scale connection blocks, dense connections; the paper PDF was not readable here, so the details
+below are the code's):
 
 * A 3×3 convolution (3→C, C = 20) and LeakyReLU(0.2) give the features; max-pooling them by 2 and by 4
   gives three sub-networks at full, 1/2 and 1/4 resolution.

@@ -21,9 +21,8 @@ models). Its parameter count is 2,731,071 (the paper's 2.73 M). A widely used Py
   residual; the output is input + residual.
 
 The graph's "linear maps" are 1×1 convolutions on reshaped tensors in the TF code; they are ``nn.Linear``
-here (same weights and biases). The softmax over the whole feature map (not per node) is the code's;
-the paper's figure and text describe the two GCNs without pinning down that axis, so the code is
-followed. Every layer keeps the image size: any H×W works (odd included), and the cost of the
+here (same weights and biases). The softmax over the whole feature map (not per node) is the code's; the
+paper's text was not available here to compare, so every detail above is the released graph's. Every layer keeps the image size: any H×W works (odd included), and the cost of the
 spatial GCN is linear in H·W. Initialisation as ``tf.layers.conv2d``: Glorot-uniform kernels, zero biases.
 
 Input and output: RGB in [0, 1], as in the official ``test.py`` (``decode_png / 255``); it clips the

@@ -26,8 +26,9 @@ variables: every ``deconv_layer``/``conv_layer`` weight (no biases), one PReLU s
 the three LSTM convolutions with bias, and the RCABs' ``tf.layers.conv2d`` kernels with biases (no
 TensorFlow run was needed: each variable's shape is written in the graph code). The released
 pretrained model is a smaller graph, ``TEST_MSPFN_M17N1.py``, with one RCAB per scale (15,823,424
-parameters); its README says it trails the paper by 0.1–0.2 dB. The paper's numbers come from the
-full graph, the default here; ``preset: m17n1`` builds the released one.
+parameters); the README says that model trails the paper's figures by 0.1–0.2 dB. The full graph (the
+one the training script builds, and the 21.00 M count) is the default here; ``preset: m17n1`` builds
+the released one.
 
 TensorFlow details kept: 'SAME' padding of stride-2 convolutions pads the bottom/right first;
 ``conv2d_transpose`` to an output size n crops a full transposed convolution at TF's padding offset

@@ -12,7 +12,7 @@ registry (e.g. to validate a run config) does not load the networks or the kNN e
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -48,6 +48,9 @@ class ModelSpec:
     default_weights: Path | None = None  # weights shipped with the kit, if any
     task: str = "paired"  # the training task (derainkit.train.tasks) that trains it by default
     exemplar_on: Callable[[Any], bool] | None = None  # from a config: is the exemplar branch on?
+    # Its own paper's training recipe as run-config overrides (loss, optimizer, lr, schedule, crop ...);
+    # `derainkit train --model NAME` starts from it. MSGNN's is the RunConfig defaults themselves.
+    recipe: Mapping[str, Any] = field(default_factory=dict)
 
     def takes_exemplar(self, config: Any) -> bool:
         """Whether a network built from ``config`` takes an exemplar: the family has the input and the

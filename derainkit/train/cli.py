@@ -70,7 +70,9 @@ def resolve_config(args: argparse.Namespace):
             raise CheckpointError(f"{run_dir}: no config.yaml (is it a run folder?); pass the run's config file too")
         cfg = RunConfig.from_file(path)
     elif args.model:
-        cfg = RunConfig(model=args.model)
+        from derainkit.models import get_model_spec
+
+        cfg = RunConfig.from_dict({"model": args.model, **get_model_spec(args.model).recipe})  # its paper's recipe
     else:
         raise ConfigError("nothing to train: give a run config file, --model NAME, or --resume RUN_DIR")
     overrides = list(args.overrides)

@@ -356,7 +356,7 @@ class _Run:
                "seconds": round(prog.elapsed(), 2)}
         row.update({f"train_{n}": s / max(1, prog.loss_n) for n, s in prog.loss_sums.items()})
         if val_due and validator is not None:
-            prog.metrics = validator(task.modules[task.export_name])
+            prog.metrics = validator(task.export_module())
             for proto, m in prog.metrics.items():
                 row[f"{proto}/psnr"], row[f"{proto}/ssim"] = m["psnr"], m["ssim"]
         if self.d.main:
@@ -392,7 +392,7 @@ class _Run:
 
                 # Only what defines the run (not where it was written): identical runs export identical bytes.
                 run_config = {k: v for k, v in self.cfg.to_dict().items() if k not in NOT_IN_HASH}
-                export_safetensors(task.modules[task.export_name], weights, {
+                export_safetensors(task.export_module(), weights, {
                     **task.export_metadata(), "task": self.cfg.resolved_task, "config_hash": self.hash,
                     "commit": git_commit(), "iterations": total, "metric": metrics, "input_metric": input_metrics,
                     "run_config": run_config})

@@ -11,7 +11,8 @@ resume, the log/validate/checkpoint cadence, the progress bar, DDP set-up and ba
 ``build_schedulers``   one scheduler per optimizer (default: MultiStepLR at the run's milestones)
 ``step(batch, it)``    one optimisation step; returns *named* 0-d losses (one log column each)
 ``state_dict()``       task state beyond modules/optimizers/schedulers that must survive a resume
-``export_name``        the module that validation scores and ``model.safetensors`` holds
+``export_module()``    the network that validation scores and ``model.safetensors`` holds (the registry
+                       rebuilds it from ``export_metadata()``); default ``modules[export_name]``
 ``static_graph``       whether DDP may assume the same parameters are used every step
 ``run_files()``        extra JSON files for the run folder; ``manifests()`` the data's file lists
 =====================  ==============================================================================
@@ -150,6 +151,10 @@ class TrainingTask:
         if state:
             raise CheckpointError(f"this task keeps no state, but the checkpoint has {sorted(state)}")
 
+    def export_module(self) -> nn.Module:
+        """What validation scores and the run exports: a network the model registry can rebuild."""
+        return self.modules[self.export_name]
+
     def export_metadata(self) -> dict[str, Any]:
         """How the registry rebuilds the exported module: its model name and config."""
         from derainkit.train.config import canonical_model_config
@@ -163,6 +168,28 @@ class TrainingTask:
     def manifests(self) -> dict[str, Sequence["Pair"]]:
         """Data manifests (file name -> pairs) written into the run folder; the first is the training set's."""
         return {}
+
+    def allreduce_grads(self, module: nn.Module) -> None:
+        """Average ``module``'s gradients over the processes, for tasks that step several modules with
+        several forward passes each (GANs) and so do not wrap them in DDP. Parameters without a gradient
+        on this rank count as zero, so every rank reduces the same tensors."""
+        if self.ctx.world <= 1:
+            return
+        import torch.distributed as dist
+
+        params = [p for p in module.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        if params:
+            flat = torch.cat([p.grad.reshape(-1) for p in params])
+            dist.all_reduce(flat)
+            flat /= self.ctx.world
+            offset = 0
+            for p in params:
+                n = p.numel()
+                p.grad.copy_(flat[offset:offset + n].view_as(p))
+                offset += n
 
     def grad_clip(self, module: nn.Module) -> None:
         """Clip ``module``'s global gradient norm to the run's ``grad_clip`` (if set)."""

@@ -162,7 +162,10 @@ def _measure(stage: nn.Module, norm: nn.InstanceNorm2d, frame: torch.Tensor, box
     return _FrozenNorm(norm, *_combine(parts))
 
 
-def _run_stage(stage: nn.Module, frame: torch.Tensor, tile: int, device: torch.device) -> torch.Tensor:
+def _run_stage(stage: nn.Module, frame: torch.Tensor, tile: int, device: torch.device,
+               spare: torch.Tensor | None = None) -> torch.Tensor:
+    """The stage's output frame; written into ``spare`` (a free frame of the same shape) when given, so that
+    a long chain of stages reuses two frame buffers instead of faulting in fresh memory for every stage."""
     height, width = frame.shape[2:]
     halo = receptive_radius(stage)
     boxes = _tiles(height, width, tile)
@@ -173,9 +176,10 @@ def _run_stage(stage: nn.Module, frame: torch.Tensor, tile: int, device: torch.d
             norm.forward = _measure(stage, norm, frame, boxes, halo, device)  # type: ignore[method-assign]
         out: torch.Tensor | None = None
         for (y0, y1, x0, x1), (wy, _, wx, _), x in _tile_inputs(frame, boxes, halo, device):
-            pred = stage(x)[:, :, y0 - wy:y1 - wy, x0 - wx:x1 - wx].float().cpu()
+            pred = stage(x)[:, :, y0 - wy:y1 - wy, x0 - wx:x1 - wx]
             if out is None:
-                out = torch.empty(frame.shape[0], pred.shape[1], height, width, dtype=torch.float32)
+                shape = (frame.shape[0], pred.shape[1], height, width)
+                out = spare if spare is not None and spare.shape == shape else torch.empty(shape)
             out[:, :, y0:y1, x0:x1] = pred
     finally:
         for norm in norms:
@@ -195,9 +199,11 @@ def run_frame_norm(model: nn.Module | Sequence[nn.Module], image: torch.Tensor, 
         raise ValueError(f"tile must be a positive number of pixels, got {tile}")
     stages = model_stages(model) if isinstance(model, nn.Module) else list(model)
     device = torch.device(device)
-    frame = image.float().cpu()
+    frame, spare = image.float().cpu(), None
     for stage in tqdm(stages, desc="frame-norm stages", disable=not progress, leave=False):
-        frame = _run_stage(stage, frame, tile, device)
+        out = _run_stage(stage, frame, tile, device, spare)
+        spare = frame if frame is not image else None  # never write into the caller's image
+        frame = out
     return frame
 
 

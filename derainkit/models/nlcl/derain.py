@@ -122,20 +122,16 @@ class _CloseBlock(nn.Module):
         return x + self.norm2(h)
 
 
-class _Chain(nn.Sequential):
-    pass
-
-
 def generator_stages(gen: NLCLGenerator, to_input: nn.Module, to_output: nn.Module) -> list[nn.Module]:
     """``to_output ∘ gen ∘ to_input`` as stages that each begin at an InstanceNorm (or use none)."""
     layers = gen.stages()
     first, blocks, tail, last = layers[0], layers[1:-2], layers[-2], layers[-1]
-    prefix: nn.Module = _Chain(to_input, first)
+    prefix: nn.Module = nn.Sequential(to_input, first)
     stages: list[nn.Module] = []
     for block in blocks:
         unit1, unit2 = block.model
         stages += [_OpenBlock(prefix, unit1.conv), _MidBlock(unit1.norm, unit2.conv)]
         prefix = _CloseBlock(unit2.norm)
     conv_a, norm, relu, conv_b = tail.conv
-    stages += [_Chain(prefix, conv_a), _Chain(norm, relu, conv_b, last, to_output)]
+    stages += [nn.Sequential(prefix, conv_a), nn.Sequential(norm, relu, conv_b, last, to_output)]
     return stages

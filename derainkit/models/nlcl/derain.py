@@ -1,9 +1,11 @@
 """NLCL as a deraining model at the kit's boundary: RGB in [0, 1] in, RGB in [0, 1] out.
 
-The official networks work in [-1, 1]: the official test maps an image with ToTensor + Normalize(0.5,
-0.5), i.e. x ↦ (x − 0.5) / 0.5, runs G_B, and saves ``uint8((clamp(B̂, −1, 1) + 1) / 2 · 255)``, a
-*truncation* (``util.tensor2im``). The shipped weights reproduce the shipped outputs only with that
-input scaling (reference note §3.3; in [0, 1] the output is off by 81 grey levels on average).
+The official networks work in [-1, 1]: the official test that made the shipped results (``test.py`` in
+the default ``unaligned`` dataset mode) maps an image with ToTensor + Normalize(0.5, 0.5), i.e.
+x ↦ (x − 0.5) / 0.5, runs G_B, and saves ``uint8((clamp(B̂, −1, 1) + 1) / 2 · 255)``, a *truncation*
+(``util.tensor2im``). The shipped weights reproduce the shipped outputs only with that input scaling
+(reference note §3.3, §4: the README's ``--dataset_mode single`` lacks the Normalize and feeds [0, 1],
+which is off by 81 grey levels on average).
 
 ``NLCLDerain`` does exactly the same arithmetic: ``forward(x) = (G_B(2x − 1) + 1) / 2`` (2x − 1 rounds
 exactly like (x − 0.5)/0.5 in float32), unclamped, so that the registry's ``official_quantize="trunc"``

@@ -148,3 +148,21 @@ def test_bad_input_is_refused(pool):
         distill([cands[0], cands[0]], refs, CFG)
     with pytest.raises(ConfigError, match="unknown corruption"):
         corrupt_pair(cands[0].rainy, cands[0].clean, "blur", np.random.default_rng(0))
+
+
+def test_kept_pairs_become_a_training_layout(tmp_path, pool):
+    from derainkit.data.distill import candidates_from_rain_types, write_kept_layout
+    from derainkit.data.rain_types import make_rain_types, rain_type_pairs
+
+    cands, refs = pool
+    src = make_rain_types([c.clean for c in cands if c.rain_type == "drs"], tmp_path / "pool", seed=0)
+    keeplist = distill(candidates_from_rain_types(src), refs, CFG)
+    assert all(r["clean_source"].endswith(f"/target/{r['id'].split('/')[1]}.png") for r in keeplist.rows)
+    kept = rain_type_pairs(write_kept_layout(keeplist, tmp_path / "kept"))
+    everything = rain_type_pairs(write_kept_layout(keeplist, tmp_path / "all", which="all"))
+    assert sum(len(v) for v in kept.values()) == len(keeplist.kept) < sum(len(v) for v in everything.values()) == 16
+    first = kept[next(iter(kept))][0]
+    assert first.rainy.read_bytes() == (src / first.rainy.relative_to(tmp_path / "kept")).read_bytes()
+    report, corrupted = validate_filter(candidates_from_rain_types(src), refs, CFG, fraction=0.5)
+    with pytest.raises(DatasetError, match="corrupted validation pool"):
+        write_kept_layout(corrupted, tmp_path / "bad")

@@ -177,6 +177,18 @@ def test_router_noise_is_seedable_per_image_and_only_in_training():
     assert all(torch.equal(clean[k], v.probs) for k, v in model.routing().items())
 
 
+def test_routing_statistics_per_group():
+    from derainkit.models.unirain import routing_statistics
+
+    model = tiny(experts=3, top_k=1).train()
+    stats = routing_statistics(model, {"a": [torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 24)],
+                                       "b": [torch.zeros(1, 3, 16, 16)]})
+    assert model.training and set(stats) == {"a", "b"} and len(stats["a"]) == 6
+    for layer in stats["a"].values():
+        assert sum(layer["mean_weight"]) == pytest.approx(1.0, abs=1e-6) or layer["kind"] == "hard"
+        assert sum(layer["ran_fraction"]) == pytest.approx(3.0 if layer["kind"] == "soft" else 1.0)
+
+
 def test_config_is_strict_and_round_trips(tmp_path):
     with pytest.raises(ConfigError, match="unknown UniRain config key"):
         UniRainConfig.from_dict({"experts": 3, "expert": 2})

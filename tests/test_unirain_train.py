@@ -113,7 +113,8 @@ def test_interrupted_run_resumes_bit_identically_with_weights_in_the_log(tmp_pat
 
 def test_uniform_and_paper_variants_and_balanced_sampling(tmp_path, four_types, registered):
     uni = train(_cfg(four_types, tmp_path, iterations=7, task_config={**TASK, "reweighting": "uniform",
-                                                                      "sampling": "balanced"}), progress=False)
+                                                                      "sampling": "balanced",
+                                                                      "val_root": str(four_types)}), progress=False)
     rows = _rows(uni.run_dir)
     assert all(float(r[f"train_w_{t}"]) == 0.25 for r in rows for t in TYPES)
     assert all(float(r[f"train_loss_{t}"]) > 0 for r in rows for t in TYPES)  # balanced: every type every batch
@@ -125,7 +126,7 @@ def test_uniform_and_paper_variants_and_balanced_sampling(tmp_path, four_types, 
 
 
 def test_typed_sampler_is_a_pure_function(four_types):
-    train_sets, val_sets = _typed_sets(four_types, TYPES, val_size=2, seed=5, progress=False)
+    train_sets, val_sets = _typed_sets(four_types, TYPES, val_size=2, seed=5)
     assert {t: len(s) for t, s in train_sets.items()} == {t: 4 for t in TYPES}
     assert all(not {p.id for p in val_sets[t].pairs} & {p.id for p in train_sets[t].pairs} for t in TYPES)
     for sampling in ("mixed", "balanced"):
@@ -144,7 +145,10 @@ def test_typed_sampler_is_a_pure_function(four_types):
     with pytest.raises(ConfigError, match="balanced"):
         TypedSampler(train_sets, 24, 2, seed=3, sampling="balanced")
     with pytest.raises(DatasetError, match="val_size"):
-        _typed_sets(four_types, TYPES, val_size=6, seed=5, progress=False)
+        _typed_sets(four_types, TYPES, val_size=6, seed=5)
+    # a separate validation folder: nothing held aside, its first pairs validate
+    full, other = _typed_sets(four_types, TYPES, val_size=3, seed=5, val_root=four_types)
+    assert all(len(full[t]) == 6 and [p.id for p in other[t].pairs] == [p.id for p in full[t].pairs][:3] for t in TYPES)
 
 
 def test_task_config_is_strict():

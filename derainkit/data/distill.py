@@ -173,8 +173,9 @@ class Candidate:
     rain_type: str
     rainy: np.ndarray
     clean: np.ndarray
-    source: str = ""
+    source: str = ""  # the input's file, when it came from one
     corruption: Optional[str] = None
+    clean_source: str = ""  # the target's file
 
 
 # ------------------------------------------------------------------------------------------- features
@@ -316,6 +317,7 @@ class _Item:
     rain_type: str
     source: str
     corruption: Optional[str]
+    clean_source: str
     desc: np.ndarray
     feats: np.ndarray
     thumb: np.ndarray
@@ -325,9 +327,9 @@ class _Item:
 
 
 def _features(item_id: str, image: np.ndarray, cfg: DistillConfig, rain_type: str = "", source: str = "",
-              corruption: Optional[str] = None) -> tuple[_Item, np.ndarray]:
+              corruption: Optional[str] = None, clean_source: str = "") -> tuple[_Item, np.ndarray]:
     img = _work(image, cfg.work_side)
-    return _Item(item_id, rain_type, source, corruption, appearance_descriptor(img), rain_features(img),
+    return _Item(item_id, rain_type, source, corruption, clean_source, appearance_descriptor(img), rain_features(img),
                  _ssim_thumb(img, cfg.ssim_side), _niqe_blocks(img)), img
 
 
@@ -372,7 +374,7 @@ def candidates_from_rain_types(root: PathLike, types: Optional[Sequence[str]] = 
     for t, pairs in rain_type_pairs(root, types).items():
         for pair in pairs[:limit] if limit else pairs:
             rainy, clean = load_pair(pair)
-            yield Candidate(f"{t}/{pair.id}", t, rainy, clean, source=str(pair.rainy))
+            yield Candidate(f"{t}/{pair.id}", t, rainy, clean, source=str(pair.rainy), clean_source=str(pair.clean))
 
 
 def candidates_from_pairs(root: PathLike, rain_type: str = "drs", limit: Optional[int] = None,
@@ -385,7 +387,8 @@ def candidates_from_pairs(root: PathLike, rain_type: str = "drs", limit: Optiona
         rainy, clean = load_pair(pair)
         if clean is None:
             raise DatasetError(f"{pair.rainy}: a candidate needs its clean target")
-        yield Candidate(f"{rain_type}/{pair.id}", rain_type, rainy, clean, source=str(pair.rainy))
+        yield Candidate(f"{rain_type}/{pair.id}", rain_type, rainy, clean, source=str(pair.rainy),
+                        clean_source=str(pair.clean) if not pair.is_side_by_side else "")
 
 
 def candidate_items(candidates: Iterable[Candidate], cfg: DistillConfig) -> list[_Item]:
@@ -397,7 +400,8 @@ def candidate_items(candidates: Iterable[Candidate], cfg: DistillConfig) -> list
         seen.add(cand.id)
         if cand.rainy.shape != cand.clean.shape:
             raise DatasetError(f"candidate {cand.id}: input {cand.rainy.shape} and target {cand.clean.shape} differ")
-        item, img = _features(cand.id, cand.rainy, cfg, cand.rain_type, cand.source, cand.corruption)
+        item, img = _features(cand.id, cand.rainy, cfg, cand.rain_type, cand.source, cand.corruption,
+                              cand.clean_source)
         item.sanity = pair_sanity_scores(img, _work(cand.clean, cfg.work_side))
         items.append(item)
     if not items:
@@ -534,7 +538,8 @@ def _row(c: _Item, r: dict, cfg: DistillConfig, d: float, j1_thr: float, j1_ref_
     keep = {"2of3": votes >= 2, "sanity_veto": j3 and votes >= 2}
     chosen = {x[0] for x in r["level3"]}  # S(q): the level scores below are means over it
     row: dict[str, Any] = {
-        "id": c.id, "rain_type": c.rain_type, "source": c.source, "corruption": c.corruption or "",
+        "id": c.id, "rain_type": c.rain_type, "source": c.source, "clean_source": c.clean_source,
+        "corruption": c.corruption or "",
         "refs": ";".join(x[0] for x in r["level3"]),
         "l1_distance": float(np.mean([x[1] for x in r["level1"] if x[0] in chosen])),
         "l2_cosine": float(np.mean([x[1] for x in r["level2"] if x[0] in chosen])),
@@ -600,6 +605,37 @@ class KeepList:
         return cls(rows=rows, meta=data)
 
 
+def write_kept_layout(keeplist: KeepList, out_root: PathLike, which: str = "kept") -> Path:
+    """Copy the pairs of a keep-list into the ``{type}/{input,target}`` layout the UniRain task trains on:
+    ``which="kept"`` the distilled set, ``"all"`` the naive mix of the whole pool (the paper's baseline),
+    ``"rejected"`` the rest. Pairs are copied from the files recorded in the rows (PNG as is, others
+    re-encoded losslessly); a keep-list of a corrupted validation pool is refused (its images were
+    altered in memory). Returns ``out_root``."""
+    import shutil
+
+    from derainkit.io import read_image, write_image
+
+    if which not in ("kept", "all", "rejected"):
+        raise ConfigError(f"which={which!r}: expected kept, all or rejected")
+    if any(r["corruption"] for r in keeplist.rows):
+        raise DatasetError("this keep-list scored a corrupted validation pool; distil the untouched pool to train on it")
+    out = Path(out_root)
+    for r in keeplist.rows:
+        if (which == "kept" and not r["keep"]) or (which == "rejected" and r["keep"]):
+            continue
+        name = r["id"].split("/", 1)[-1]
+        for side, src in (("input", r["source"]), ("target", r["clean_source"])):
+            if not src or not Path(src).is_file():
+                raise DatasetError(f"keep-list row {r['id']}: its {side} file {src!r} is not available")
+            dst = out / r["rain_type"] / side / f"{name}.png"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if Path(src).suffix.lower() == ".png":
+                shutil.copyfile(src, dst)
+            else:
+                write_image(dst, read_image(src))
+    return out
+
+
 # ------------------------------------------------------------------------------------------- validation
 
 def corrupt_pair(rainy: np.ndarray, clean: np.ndarray, kind: str,
@@ -637,7 +673,8 @@ def corrupt_candidates(candidates: Iterable[Candidate], fraction: float = 0.25, 
             continue
         kind = kinds[int(rng.integers(0, len(kinds)))]
         rainy, clean, _ = corrupt_pair(cand.rainy, cand.clean, kind, rng)
-        yield Candidate(cand.id, cand.rain_type, rainy, clean, cand.source, corruption=kind)
+        yield Candidate(cand.id, cand.rain_type, rainy, clean, cand.source, corruption=kind,
+                        clean_source=cand.clean_source)
 
 
 def _pr(rejected: np.ndarray, corrupted: np.ndarray) -> dict[str, float]:
@@ -697,7 +734,7 @@ def rain100l_pool(pairs_root: PathLike, work_dir: PathLike, start: int = 0, coun
         make_rain_types([p.clean for p in pairs], work, types=tuple(generated), seed=seed)
     for pair in pairs:
         rainy, clean = load_pair(pair)
-        yield Candidate(f"drs/{pair.id}", "drs", rainy, clean, source=str(pair.rainy))
+        yield Candidate(f"drs/{pair.id}", "drs", rainy, clean, source=str(pair.rainy), clean_source=str(pair.clean))
     if generated:
         yield from candidates_from_rain_types(work, generated)
 

@@ -8,11 +8,12 @@ reconstruction (the Restormer backbone, where the MoE layers sit, the expert wid
     net = UniRain(UniRainConfig.preset("small"))
     y = net(x)                      # b×3×H×W in [0, 1], any H, W
     net.routing()                   # per-image expert weights of every MoE layer in that forward
+    routing_statistics(net, {"drs": [x1, x2], "nrd": [x3]})   # mean weights per group and layer
 """
 from derainkit.models.unirain.config import PRESETS, UniRainConfig
-from derainkit.models.unirain.model import UniRain, count_parameters, load_unirain_weights
+from derainkit.models.unirain.model import UniRain, count_parameters, load_unirain_weights, routing_statistics
 from derainkit.models.unirain.moe import HardMoE, Routing, SoftMoE
 from derainkit.models.unirain.router import NoisyRouter, RoutingNoise
 
 __all__ = ["HardMoE", "NoisyRouter", "PRESETS", "Routing", "RoutingNoise", "SoftMoE", "UniRain", "UniRainConfig",
-           "count_parameters", "load_unirain_weights"]
+           "count_parameters", "load_unirain_weights", "routing_statistics"]

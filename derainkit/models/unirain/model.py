@@ -101,6 +101,29 @@ class UniRain(nn.Module):
         return {name: m.last for name, m in self.moe_layers().items() if m.last is not None}
 
 
+@torch.no_grad()
+def routing_statistics(model: UniRain, images: dict[str, list[torch.Tensor]]) -> dict[str, dict[str, dict]]:
+    """Per group of images (e.g. per rain type) and per MoE layer: the mean expert weights and how often each
+    expert ran, in eval mode (deterministic routing). ``images``: name -> list of 1×3×H×W tensors."""
+    was_training = model.training
+    model.eval()
+    out: dict[str, dict[str, dict]] = {}
+    try:
+        for group, tensors in images.items():
+            acc: dict[str, list[torch.Tensor]] = {}
+            for x in tensors:
+                model(x.to(next(model.parameters()).device))
+                for name, r in model.routing().items():
+                    acc.setdefault(name, []).append(torch.cat([r.weights.cpu(), r.ran.float().cpu()], dim=1))
+            e = model.config.experts
+            out[group] = {name: {"kind": model.moe_layers()[name].kind,
+                                 "mean_weight": torch.cat(v).mean(0)[:e].tolist(),
+                                 "ran_fraction": torch.cat(v).mean(0)[e:].tolist()} for name, v in acc.items()}
+    finally:
+        model.train(was_training)
+    return out
+
+
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     h, w = x.shape[2:]
     ph, pw = (-h) % multiple, (-w) % multiple

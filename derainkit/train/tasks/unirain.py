@@ -65,7 +65,10 @@ class UniRainTaskConfig:
 
     types:            rain types trained (folders of the training data), in weight order
     epoch_iterations: iterations per "epoch" (the reweighter updates once per epoch)
-    val_size:         validation pairs per type held aside from the training data
+    val_size:         validation pairs per type: held aside from the training data, or, with val_root,
+                      the first val_size pairs of each type there (and nothing is held aside)
+    val_root:         a separate {type}/{input,target} folder for the per-type validation losses (runs on
+                      different training sets, e.g. naive vs distilled, then share one validation set)
     val_crop:         centre crop side of each validation image (0: the whole image)
     reweighting:      code | paper | uniform (derainkit.losses.reweighting)
     window, temperature, warmup_epochs, floor, normalize: the reweighter's N, τ, warm-up, floor and
@@ -78,6 +81,7 @@ class UniRainTaskConfig:
     types: tuple[str, ...] = RAIN_TYPES
     epoch_iterations: int = 100
     val_size: int = 4
+    val_root: str | None = None
     val_crop: int = 128
     reweighting: str = "code"
     window: int = 10
@@ -191,27 +195,39 @@ class TypedSampler:
 
 
 def _typed_sets(root: Path, types: Sequence[str], val_size: int, seed: int,
-                progress: bool) -> tuple[dict[str, TrainingSet], dict[str, TrainingSet]]:
-    """Per type: (training set, held-aside validation set), the validation pairs chosen by ``seed``."""
-    from derainkit.data import load_pair
+                val_root: Path | None = None) -> tuple[dict[str, TrainingSet], dict[str, TrainingSet]]:
+    """Per type: (training set, validation set). Without ``val_root`` the validation pairs are held aside
+    from ``root`` (chosen by ``seed``); with it they are the first ``val_size`` pairs of each type there."""
     from derainkit.data.rain_types import rain_type_pairs
     from derainkit.train.dataset import check_fits_in_memory
 
     found = rain_type_pairs(root, types)
     check_fits_in_memory(root, [p.rainy for v in found.values() for p in v], copies=2)
+    held_out = rain_type_pairs(val_root, types) if val_root is not None else None
     train, val = {}, {}
     for t in types:
         pairs = [dataclasses.replace(p, id=f"{t}/{p.id}", root=root) for p in found[t]]
+        if held_out is not None:
+            extra = [dataclasses.replace(p, id=f"{t}/{p.id}", root=val_root) for p in held_out[t]]
+            if len(extra) < val_size:
+                raise DatasetError(f"{val_root / t}: {len(extra)} pairs, fewer than val_size={val_size}")
+            train[t], val[t] = _in_memory(pairs, root), _in_memory(extra[:val_size], val_root)
+            continue
         if len(pairs) <= val_size:
             raise DatasetError(f"{root / t}: {len(pairs)} pairs, but val_size={val_size} are held aside for "
                                "validation; add pairs or lower task_config.val_size")
         rng = np.random.default_rng(np.random.SeedSequence([seed, _TAG_VALIDATION, RAIN_TYPES.index(t)]))
         held = set(int(i) for i in rng.permutation(len(pairs))[:val_size])
-        for dest, chosen in ((val, [p for k, p in enumerate(pairs) if k in held]),
-                             (train, [p for k, p in enumerate(pairs) if k not in held])):
-            images = [load_pair(p) for p in chosen]
-            dest[t] = TrainingSet(pairs=chosen, rainy=[r for r, _ in images], clean=[c for _, c in images], root=root)
+        val[t] = _in_memory([p for k, p in enumerate(pairs) if k in held], root)
+        train[t] = _in_memory([p for k, p in enumerate(pairs) if k not in held], root)
     return train, val
+
+
+def _in_memory(pairs: Sequence, root: Path) -> TrainingSet:
+    from derainkit.data import load_pair
+
+    images = [load_pair(p) for p in pairs]
+    return TrainingSet(pairs=list(pairs), rainy=[r for r, _ in images], clean=[c for _, c in images], root=root)
 
 
 def _centre_crop(img: np.ndarray, side: int) -> np.ndarray:
@@ -244,11 +260,13 @@ class UniRainTask(TrainingTask):
         self.loss_fn = get_loss(cfg.loss)
         root = resolve_data_path(run.train_data)
         self.train_root = root
-        self.train_sets, self.val_sets = _typed_sets(root, cfg.types, cfg.val_size, run.seed, self.ctx.progress)
+        val_root = resolve_data_path(cfg.val_root) if cfg.val_root else None
+        self.train_sets, self.val_sets = _typed_sets(root, cfg.types, cfg.val_size, run.seed, val_root)
         self.sampler = TypedSampler(self.train_sets, run.crop, run.batch, run.seed, cfg.sampling, cfg.augment,
                                     cfg.epoch_iterations)
+        where = f"from {val_root}" if val_root else "held aside"
         self.ctx.notes.append(f"UniRain task: an epoch is {cfg.epoch_iterations} iterations (not a pass over the "
-                              f"data); {cfg.val_size} validation pairs per type held aside; loss {cfg.loss} "
+                              f"data); {cfg.val_size} validation pairs per type {where}; loss {cfg.loss} "
                               f"(run.loss={run.loss!r} unused); reweighting {cfg.reweighting}")
         return self.sampler, len(self.sampler)
 

@@ -108,6 +108,10 @@ def test_interrupted_run_resumes_bit_identically_with_weights_in_the_log(tmp_pat
     assert record["trace"][1]["tbs"] and record["config"]["variant"] == "code"
     _, meta = read_exported(whole.weights)
     assert meta["model"] == "unirain" and meta["task"] == "unirain"
+    from derainkit.models import build_model
+
+    net = build_model(weights=whole.weights)  # the export rebuilds the trained network through the registry
+    assert net.config.channels == 8 and all(torch.equal(v, a["modules"]["model"][k]) for k, v in net.state_dict().items())
     assert (whole.run_dir / "unirain_data.json").is_file() and (whole.run_dir / "val_manifest.csv").is_file()
 
 

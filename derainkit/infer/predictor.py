@@ -32,9 +32,13 @@ class Predictor:
     def __init__(self, model: nn.Module, bytes_per_pixel: float, device: str | torch.device = "auto",
                  tile: int | str | None = "auto", overlap: int = 32, blend: Blend = "linear",
                  memory_budget: int | None = None,
-                 forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None, label: str = "") -> None:
+                 forward: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None, label: str = "",
+                 whole_frame_norm: bool = False) -> None:
         self.device = resolve_device(device)
         self.label = label or type(model).__name__
+        # InstanceNorm over the whole frame (NLCL): tiles run stage by stage with whole-image statistics
+        # (derainkit.infer.frame_norm), equal to full-frame inference instead of blended approximations.
+        self.whole_frame_norm = whole_frame_norm
         self.model = model.to(self.device).eval()
         self.bytes_per_pixel = bytes_per_pixel
         self.tile, self.overlap, self.blend, self.memory_budget = tile, overlap, blend, memory_budget
@@ -47,8 +51,13 @@ class Predictor:
     @torch.inference_mode()
     def __call__(self, pixels: np.ndarray, progress: bool = False) -> tuple[np.ndarray, TilePlan]:
         plan = self.plan(*pixels.shape[:2])
-        out = run_tiled(lambda x: self._forward(self.model, x), image_to_tensor(pixels), plan, self.device,
-                        progress=progress)
+        if self.whole_frame_norm and plan.tile is not None:
+            from derainkit.infer.frame_norm import frame_norm_tiled
+
+            out = frame_norm_tiled(self.model, image_to_tensor(pixels), plan, self.device, progress=progress)
+        else:
+            out = run_tiled(lambda x: self._forward(self.model, x), image_to_tensor(pixels), plan, self.device,
+                            progress=progress)
         if not torch.isfinite(out).all():
             bad = int((~torch.isfinite(out)).sum())
             raise DerainkitError(f"the model ({self.label}) produced {bad} non-finite values (NaN/inf): its weights "
@@ -77,4 +86,4 @@ def load_predictor(model: str, weights: str | Path | None = None, config: Mappin
     net = build_model(model, dict(config) if config is not None else None, weights)
     label = f"{model}, weights {weights or spec.default_weights}"
     return spec, Predictor(net, spec.infer_bytes_per_pixel, device=device, tile=tile, overlap=overlap, blend=blend,
-                           label=label)
+                           label=label, whole_frame_norm=spec.whole_frame_norm)

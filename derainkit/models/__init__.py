@@ -51,6 +51,7 @@ class ModelSpec:
     # Its own paper's training recipe as run-config overrides (loss, optimizer, lr, schedule, crop ...);
     # `derainkit train --model NAME` starts from it. MSGNN's is the RunConfig defaults themselves.
     recipe: Mapping[str, Any] = field(default_factory=dict)
+    whole_frame_norm: bool = False  # InstanceNorm over the whole frame: tile with whole-image statistics
 
     def takes_exemplar(self, config: Any) -> bool:
         """Whether a network built from ``config`` takes an exemplar: the family has the input and the
@@ -84,6 +85,35 @@ MODELS: dict[str, ModelSpec] = {
         uses_exemplar=True,
         default_weights=shipped("msgnn_raintrainl.safetensors"),
         exemplar_on=_msgnn_exemplar_on,
+    ),
+    "nlcl": ModelSpec(
+        name="nlcl",
+        description=("NLCL (Ye et al., CVPR 2022), unsupervised non-local contrastive deraining of real rain; "
+                     "loads the official latest_net_Back.pth (+ _Rain.pth beside it for --layers)"),
+        config_from_dict=lazy("derainkit.models.nlcl", "NLCLConfig.from_dict"),
+        build=lazy("derainkit.models.nlcl", "NLCLDerain"),
+        load_weights=lazy("derainkit.models.nlcl", "load_nlcl_weights"),
+        official_quantize="trunc",  # official util.tensor2im: uint8 of the clamped, rescaled output
+        infer_bytes_per_pixel=2000.0,
+        task="nlcl",
+        whole_frame_norm=True,
+        # official options: Adam 2e-4, beta1 0.5, batch 1, 256 crops, 200 + 10 epochs (reference note §4)
+        recipe={"lr": 2e-4, "betas": [0.5, 0.999], "batch": 1, "crop": 256, "epochs": 210, "exemplar": "none"},
+    ),
+    "unirain": ModelSpec(
+        name="unirain",
+        description=("UniRain (Yang et al., CVPR 2026), asymmetric soft/hard MoE U-Net for four rain types; "
+                     "our reconstruction (the release has no model code)"),
+        config_from_dict=lazy("derainkit.models.unirain", "UniRainConfig.from_dict"),
+        build=lazy("derainkit.models.unirain", "UniRain"),
+        load_weights=lazy("derainkit.models.unirain", "load_unirain_weights"),
+        official_quantize="round",  # the released test.py scores clamped floats
+        infer_bytes_per_pixel=9000.0,  # base preset ~8.6 kB/px measured at 384x384 on CPU
+        task="unirain",
+        # AdamW 2e-4 (torch's default weight decay 0.01) and crop 128 from the released train.py; batch 8
+        # and 300k iterations from the paper's summaries (reference note §4.1)
+        recipe={"optimizer": "adamw", "lr": 2e-4, "weight_decay": 0.01, "loss": "l1", "crop": 128, "batch": 8,
+                "iterations": 300000, "exemplar": "none"},
     ),
 }
 

@@ -1,6 +1,8 @@
 """Training tasks by name: what a model family does in one optimisation step (see ``base.py``).
 
-``paired``  supervised on aligned rainy/clean crops (MSGNN, PReNet and the supervised peers)
+``paired``   supervised on aligned rainy/clean crops (MSGNN, PReNet and the supervised peers)
+``nlcl``     unsupervised, unpaired rainy and clean crops, adversarial + contrastive (NLCL)
+``unirain``  four rain types with per-type losses reweighted during training (UniRain)
 
 A model's registry entry (``derainkit.models.ModelSpec.task``) names the task that trains it; a run
 config may name another (``task:``) and pass it options (``task_config:``), which the task's typed
@@ -29,6 +31,18 @@ TASKS: dict[str, TaskSpec] = {
         description="supervised on paired crops: one model, one loss, one optimizer (exemplar policies for MSGNN)",
         config_from_dict=lazy("derainkit.train.tasks.paired", "PairedConfig.from_dict"),
         build=lazy("derainkit.train.tasks.paired", "PairedTask"),
+    ),
+    "nlcl": TaskSpec(
+        name="nlcl",
+        description="unsupervised on unpaired rainy/clean crops: D step then G step, one optimizer per network (NLCL)",
+        config_from_dict=lazy("derainkit.train.tasks.nlcl", "NLCLTaskConfig.from_dict"),
+        build=lazy("derainkit.train.tasks.nlcl", "NLCLTask"),
+    ),
+    "unirain": TaskSpec(
+        name="unirain",
+        description="four rain types, per-type L1 weighted by the CoBa-style reweighter (UniRain)",
+        config_from_dict=lazy("derainkit.train.tasks.unirain", "UniRainTaskConfig.from_dict"),
+        build=lazy("derainkit.train.tasks.unirain", "UniRainTask"),
     ),
 }
 

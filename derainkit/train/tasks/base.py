@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -169,15 +169,15 @@ class TrainingTask:
         """Data manifests (file name -> pairs) written into the run folder; the first is the training set's."""
         return {}
 
-    def allreduce_grads(self, module: nn.Module) -> None:
-        """Average ``module``'s gradients over the processes, for tasks that step several modules with
-        several forward passes each (GANs) and so do not wrap them in DDP. Parameters without a gradient
-        on this rank count as zero, so every rank reduces the same tensors."""
+    def allreduce_grads(self, params: Iterable[torch.nn.Parameter]) -> None:
+        """Average the gradients of ``params`` over the processes, for tasks that step several networks
+        with several forward passes each (GANs) and so do not wrap them in DDP. A parameter without a
+        gradient on this rank counts as zero, so every rank reduces the same tensors."""
         if self.ctx.world <= 1:
             return
         import torch.distributed as dist
 
-        params = [p for p in module.parameters() if p.requires_grad]
+        params = [p for p in params if p.requires_grad]
         for p in params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)

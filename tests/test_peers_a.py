@@ -206,7 +206,8 @@ def test_loaders_name_the_file_in_one_line(tmp_path):
 @pytest.mark.slow
 def test_spanet_official_weights_raise_psnr_on_rain100l(shared):
     """Trained on real rain (SPA-Data), so only "better than the input" is asserted. Measured here on
-    norain-1..3 (matlab-y, truncated as the official script writes): 32.43 dB vs 30.04 dB input."""
+    norain-1..3 (matlab-y, rounded to uint8 as the official script's cv2.imwrite does): 32.34 dB vs
+    30.04 dB for the rainy input."""
     from derainkit.io import image_to_tensor, read_image, tensor_to_image
     from derainkit.metrics.protocols import score
 
@@ -218,7 +219,7 @@ def test_spanet_official_weights_raise_psnr_on_rain100l(shared):
         clean = read_image(root / "norain" / f"norain-{i}.png")
         with torch.inference_mode():
             out = tensor_to_image(model(image_to_tensor(rainy)))
-        pred.append(score(out, clean, "matlab-y", quantize="trunc").psnr)
+        pred.append(score(out, clean, "matlab-y", quantize="round").psnr)
         inp.append(score(rainy, clean, "matlab-y").psnr)
     assert np.mean(pred) > np.mean(inp) + 1.0
     assert all(p > q for p, q in zip(pred, inp))

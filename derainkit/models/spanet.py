@@ -32,9 +32,10 @@ since the released weights and the numbers measured from them come from it):
 
 Conventions. The official model reads images with OpenCV: **BGR** in [0, 1], and returns BGR. The
 kit's models take and return **RGB** in [0, 1], so :class:`SPANet` flips the channel order on the way
-in and on the way out; the weights are used as trained. The output is not clamped (the official test
-script clips to [0, 1] and writes ``pred*255`` with ``cv2.imwrite``, which truncates to uint8:
-``official_quantize="trunc"``). ``forward(x, return_attention=True)`` also returns the first
+in and on the way out; the weights are used as trained. The output is not clamped. The official test
+(``main.py -a test``) scores clipped floats with ``skimage.measure`` (PSNR, SSIM) and saves
+``clip(pred, 0, 1)·255`` as a float array with ``cv2.imwrite``, which converts to uint8 by rounding
+(OpenCV's saturate_cast): ``official_quantize="round"``. ``forward(x, return_attention=True)`` also returns the first
 attention map (b×1×H×W), which the official training loss supervises.
 
 The official weights (``model/latest`` of the release, a ``{'net', 'clock', 'opt'}`` pickle, 40,000

@@ -23,7 +23,9 @@ Architecture, as the official code defines it (XiaLiPKU/RESCAN, ``config/model.p
 Inputs and outputs here are RGB in [0, 1]; :meth:`RESCAN.forward` returns the derained image
 (O − R_last), ``return_stages=True`` every stage's derained image O − R_s. The official code trains on
 OpenCV (BGR) images, which only relabels channels for a network trained from scratch; there are no
-official weights. Module names follow the official ones, so a state_dict trained with the official
+official weights. The official ``eval.py`` scores floats (MSE, SSIM) and ``show.py`` writes
+``clip(pred·255)`` as floats with ``cv2.imwrite``, which rounds to uint8 (``official_quantize="round"``).
+Module names follow the official ones, so a state_dict trained with the official
 code (``{'net': ...}`` checkpoints) loads directly (its channels are then BGR).
 """
 from __future__ import annotations

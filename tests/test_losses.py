@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from derainkit.errors import ConfigError
-from derainkit.losses import LOSSES, get_loss
+from derainkit.losses import LOSSES, ModelLoss, get_loss
 from derainkit.metrics.protocols import psnr, ssim_zero_padded
 
 
@@ -20,7 +20,9 @@ def _pair(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def test_names_and_default_recipe_loss():
-    assert set(LOSSES) == {"ssim", "l1", "mse", "psnr"}
+    assert set(LOSSES) == {"ssim", "l1", "mse", "psnr",  # the kit's own
+                           "spanet", "spanet_mse_ssim", "spanet_l1_ssim", "drn_stagewise_ssim", "rescan_stagewise_mse",
+                           "mspfn", "rcdnet_stages"}  # the Table 1 peers' own losses
     pred, target = _pair()
     # The MSGNN loss is -SSIM with the zero-padded Gaussian window of the official code.
     assert torch.allclose(get_loss("ssim")(pred, target), -ssim_zero_padded(pred, target))
@@ -37,7 +39,10 @@ def test_values_match_definitions():
     assert math.isfinite(get_loss("psnr")(target, target).item())  # exact prediction: finite, very low
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+IMAGE_LOSSES = sorted(n for n, f in LOSSES.items() if not isinstance(f, ModelLoss))  # (pred, target) -> loss
+
+
+@pytest.mark.parametrize("name", IMAGE_LOSSES)
 def test_gradients_and_lower_is_better(name):
     pred, target = _pair(2)
     worse = (target + 0.2 * torch.randn(target.shape, generator=torch.Generator().manual_seed(9))).clamp(0, 1)
@@ -49,7 +54,7 @@ def test_gradients_and_lower_is_better(name):
     assert fn(pred, target).item() < fn(worse, target).item()
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+@pytest.mark.parametrize("name", IMAGE_LOSSES)
 def test_bf16_prediction_is_scored_in_fp32(name):
     pred, target = _pair(3)
     loss = get_loss(name)(pred.bfloat16(), target)
@@ -65,3 +70,17 @@ def test_unknown_loss_lists_valid_names():
 def test_shape_mismatch_is_clear():
     with pytest.raises(ValueError, match="differ in shape"):
         get_loss("l1")(torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 8, 9))
+
+
+def test_model_losses_ask_the_model_for_stages_or_attention():
+    from derainkit.losses import ModelLoss
+    from derainkit.losses.peers import drn_loss
+
+    staged = get_loss("drn_stagewise_ssim")
+    assert isinstance(staged, ModelLoss) and staged.forward_kwargs == {"return_stages": True}
+    pred, target = _pair()
+    assert torch.equal(staged([pred, target], target), drn_loss([pred, target], target))
+    spanet = get_loss("spanet")
+    assert spanet.forward_kwargs == {"return_attention": True} and spanet.needs_rainy
+    attention = torch.zeros(pred.shape[0], 1, *pred.shape[2:])
+    assert torch.isfinite(spanet((pred, attention), target, pred))

@@ -15,6 +15,7 @@ import torch.nn as nn
 from derainkit.errors import CheckpointError, ConfigError, DatasetError, DerainkitError
 from derainkit.io import write_image
 from derainkit.models import MODELS, ModelSpec
+from derainkit.models.prenet import PReNetConfig
 from derainkit.train import RunConfig, train
 from derainkit.train.checkpoint import load_checkpoint, read_exported
 
@@ -232,7 +233,7 @@ def test_run_folder_contents(tmp_path):
     assert [bool(row["msgnn-rgb/psnr"]) for row in rows] == [False, True, False, True]
     _, meta = read_exported(d / "model.safetensors")
     assert meta["config_hash"] == cfg.config_hash() and meta["iterations"] == 4 and meta["model"] == "prenet"
-    assert meta["metric"] == r.metrics and meta["model_config"] == {**TINY, "recurrent": True}
+    assert meta["metric"] == r.metrics and meta["model_config"] == PReNetConfig(**TINY).to_dict()
     prov = json.loads((d / "provenance.json").read_text())["starts"][0]
     assert {"commit", "device", "versions", "train_manifest_sha256"} <= set(prov)
     status = json.loads((d / "run.json").read_text())

@@ -7,12 +7,17 @@
 ``psnr``  −PSNR in dB of the batch (data range 1), i.e. 10·log10(MSE); the MSE is taken over the whole
           batch, so under DistributedDataParallel the per-rank losses are not exactly the global one.
 
+Peers' own losses (their recipes name them): ``spanet`` (image + attention), ``spanet_mse_ssim``,
+``spanet_l1_ssim``, ``drn_stagewise_ssim``, ``rescan_stagewise_mse``, ``mspfn``, ``rcdnet_stages``.
+The multi-output ones are :class:`ModelLoss` objects saying what the model must return.
+
 Every loss is computed in float32 whatever the autocast dtype of the prediction, so a bf16 forward
 does not lose the small SSIM differences the gradient depends on.
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +58,53 @@ def psnr_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 10.0 * torch.log10(F.mse_loss(pred, target) + _PSNR_EPS)
 
 
-LOSSES: dict[str, LossFn] = {"ssim": ssim_loss, "l1": l1_loss, "mse": mse_loss, "psnr": psnr_loss}
+@dataclass(frozen=True)
+class ModelLoss:
+    """A loss over more than the final image: what the paired task must ask the model for
+    (``forward_kwargs``, e.g. ``return_stages=True``) and whether the loss also needs the rainy input.
+    Called as ``loss(output, clean, rainy)``."""
+
+    fn: Callable[..., torch.Tensor]
+    forward_kwargs: Mapping[str, Any]
+    needs_rainy: bool = False
+    description: str = ""
+
+    def __call__(self, output: Any, target: torch.Tensor, rainy: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fn(output, target, rainy) if self.needs_rainy else self.fn(output, target)
+
+
+def _spanet_objective(output: Any, clean: torch.Tensor, rainy: torch.Tensor) -> torch.Tensor:
+    from derainkit.losses.peers import spanet_attention_loss, spanet_mse_ssim
+
+    image, attention = output
+    return spanet_mse_ssim(image, clean) + spanet_attention_loss(attention, rainy, clean)
+
+
+def _rcdnet_objective(output: Any, clean: torch.Tensor, rainy: torch.Tensor) -> torch.Tensor:
+    from derainkit.losses.peers_b import rcdnet_stage_loss
+
+    return rcdnet_stage_loss(output, rainy, clean)
+
+
+def _peer_losses() -> dict[str, LossFn | ModelLoss]:
+    from derainkit.losses import peers, peers_b
+
+    stages = {"return_stages": True}
+    return {
+        "spanet_mse_ssim": peers.spanet_mse_ssim,  # SPANet paper's image loss (MSE + 1 − SSIM)
+        "spanet_l1_ssim": peers.spanet_l1_ssim,  # SPANet official code's image loss
+        "spanet": ModelLoss(_spanet_objective, {"return_attention": True}, needs_rainy=True,
+                            description="SPANet: MSE + 1 − SSIM on the image + MSE of the attention map"),
+        "drn_stagewise_ssim": ModelLoss(peers.drn_loss, stages, description="DRN: stage-weighted −SSIM"),
+        "rescan_stagewise_mse": ModelLoss(peers.rescan_loss, stages, description="RESCAN: MSE of every stage"),
+        "mspfn": peers_b.mspfn_loss,  # Charbonnier + 0.05 · edge Charbonnier
+        "rcdnet_stages": ModelLoss(_rcdnet_objective, stages, needs_rainy=True,
+                                   description="RCDNet: every stage's background and rain layer (official weights)"),
+    }
+
+
+LOSSES: dict[str, LossFn | ModelLoss] = {"ssim": ssim_loss, "l1": l1_loss, "mse": mse_loss, "psnr": psnr_loss,
+                                         **_peer_losses()}
 
 
 def get_loss(name: str) -> LossFn:
@@ -64,4 +115,4 @@ def get_loss(name: str) -> LossFn:
         raise ConfigError(f"unknown loss {name!r}; choose from {', '.join(LOSSES)}") from None
 
 
-__all__ = ["LOSSES", "LossFn", "get_loss", "l1_loss", "mse_loss", "psnr_loss", "ssim_loss"]
+__all__ = ["LOSSES", "LossFn", "ModelLoss", "get_loss", "l1_loss", "mse_loss", "psnr_loss", "ssim_loss"]

@@ -12,6 +12,8 @@ registry (e.g. to validate a run config) does not load the networks or the kNN e
 """
 from __future__ import annotations
 
+import importlib
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -48,10 +50,20 @@ class ModelSpec:
     default_weights: Path | None = None  # weights shipped with the kit, if any
     task: str = "paired"  # the training task (derainkit.train.tasks) that trains it by default
     exemplar_on: Callable[[Any], bool] | None = None  # from a config: is the exemplar branch on?
-    # Its own paper's training recipe as run-config overrides (loss, optimizer, lr, schedule, crop ...);
-    # `derainkit train --model NAME` starts from it. MSGNN's is the RunConfig defaults themselves.
-    recipe: Mapping[str, Any] = field(default_factory=dict)
+    # Its own paper's training recipe as run-config overrides (loss, optimizer, lr, schedule, crop ...), or
+    # "module:NAME" of such a dict (read when asked for); `derainkit train --model NAME` starts from it.
+    # MSGNN's is the RunConfig defaults themselves.
+    recipe: Mapping[str, Any] | str = field(default_factory=dict)
     whole_frame_norm: bool = False  # InstanceNorm over the whole frame: tile with whole-image statistics
+    static_graph: bool = True  # DDP: every training step uses every trainable parameter (False: some sit idle)
+
+    def run_recipe(self) -> dict[str, Any]:
+        """The recipe as a dict of run-config overrides (tuples as lists)."""
+        recipe = self.recipe
+        if isinstance(recipe, str):
+            module, _, attr = recipe.partition(":")
+            recipe = getattr(importlib.import_module(module), attr)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dict(recipe).items()}
 
     def takes_exemplar(self, config: Any) -> bool:
         """Whether a network built from ``config`` takes an exemplar: the family has the input and the
@@ -63,6 +75,17 @@ class ModelSpec:
         return bool(getattr(config, "exemplar", True))
 
 
+def _peer(name: str, module: str, cls: str, description: str, quantize: str, bytes_per_pixel: float,
+          config: str | None = None, weights: str | None = None, static_graph: bool = True) -> ModelSpec:
+    """A peer's entry: ``derainkit.models.<module>`` holds ``<cls>``, ``<cls>Config``, ``load_<module>_weights``
+    and its paper's ``RECIPE``. ``quantize``: what its official test script did; memory measured at 512²."""
+    where = f"derainkit.models.{module}"
+    return ModelSpec(name=name, description=description,
+                     config_from_dict=lazy(where, config or f"{cls}Config.from_dict"), build=lazy(where, cls),
+                     load_weights=lazy(where, weights or f"load_{module}_weights"), official_quantize=quantize,
+                     infer_bytes_per_pixel=bytes_per_pixel, static_graph=static_graph, recipe=f"{where}:RECIPE")
+
+
 MODELS: dict[str, ModelSpec] = {
     "prenet": ModelSpec(
         name="prenet",
@@ -72,6 +95,7 @@ MODELS: dict[str, ModelSpec] = {
         load_weights=lazy("derainkit.models.prenet", "load_prenet_weights"),
         official_quantize="trunc",  # official test_PReNet.py: np.uint8(255 * clamp(out, 0, 1))
         infer_bytes_per_pixel=3000.0,  # ~2.5 kB/px measured at 512x512 on CPU, rounded up
+        recipe="derainkit.models.prenet:RECIPE",
     ),
     "msgnn": ModelSpec(
         name="msgnn",
@@ -86,6 +110,32 @@ MODELS: dict[str, ModelSpec] = {
         default_weights=shipped("msgnn_raintrainl.safetensors"),
         exemplar_on=_msgnn_exemplar_on,
     ),
+    # Table 1 peers (issue 14); each recipe is its own paper's training (the modules cite the sources).
+    **{spec.name: spec for spec in (
+        _peer("spanet", "spanet", "SPANet",
+              "SPANet (Wang et al., CVPR 2019), attention from four-direction IRNNs; official weights trained on "
+              "SPA-Data real rain", "round", 2500.0, static_graph=False),
+        _peer("drn", "drn", "DRN", "DRN, dual recursive network (csdwren/DRN), inter 7 / intra 7; official "
+              "Rain100L/H weights", "trunc", 1000.0),
+        _peer("rescan", "rescan", "RESCAN", "RESCAN (Li et al., ECCV 2018), GRU, 4 stages; no official weights",
+              "round", 3500.0),
+        _peer("dcsfn", "dcsfn", "DCSFN", "DCSFN (Wang et al., ACM MM 2020), cross-scale fusion with GRUs; no "
+              "official weights", "round", 10000.0),
+        _peer("mspfn", "mspfn", "MSPFN", "MSPFN (Jiang et al., CVPR 2020), multi-scale progressive fusion, from the "
+              "official TF graph; no official weights", "trunc", 9000.0, static_graph=False),
+        _peer("rcdnet", "rcdnet", "RCDNet", "RCDNet (Wang et al., CVPR 2020), rain convolutional dictionary, 17 "
+              "stages; no official weights", "round", 5000.0, static_graph=False),
+        _peer("dualgcn", "dualgcn", "DualGCN", "DualGCN (Fu et al., AAAI 2021), spatial and channel GCNs, from the "
+              "official TF graph; no official weights", "trunc", 8500.0),
+        _peer("moss", "moss", "MOSS", "MOSS generator (Huang et al., CVPR 2021), supervised branch only (no "
+              "semi-supervised memory training); no official weights", "trunc", 1500.0, static_graph=False),
+        _peer("prn", "prenet", "PReNet", "PRN (PReNet release): PReNet without the LSTM", "trunc", 1500.0,
+              config="prn_config_from_dict", weights="load_prenet_weights"),
+        _peer("prenet_r", "prenet", "PReNet", "PReNet_r (PReNet release): one recursively applied residual block",
+              "trunc", 3000.0, config="prenet_r_config_from_dict", weights="load_prenet_weights"),
+        _peer("prn_r", "prenet", "PReNet", "PRN_r (PReNet release): the recursive block without the LSTM", "trunc",
+              1500.0, config="prn_r_config_from_dict", weights="load_prenet_weights"),
+    )},
     "nlcl": ModelSpec(
         name="nlcl",
         description=("NLCL (Ye et al., CVPR 2022), unsupervised non-local contrastive deraining of real rain; "

@@ -76,8 +76,11 @@ RECIPE: dict[str, Any] = {
     "loss": "mspfn",  # MSPFN.inference_losses: Charbonnier + 0.05 x Laplacian Charbonnier (derainkit.losses.peers_b)
     "optimizer": "adam",  # tf.train.AdamOptimizer (beta1 0.9, beta2 0.999, epsilon 1e-8: TF defaults)
     "lr": 5e-4,  # start_learning_rate = 5e-4
-    "lr_milestones": (),  # the official decay is exponential, see LR_SCHEDULE (not a step schedule)
-    "lr_gamma": 0.1,  # unused without milestones
+    "lr_milestones": (),  # the official decay is exponential (LR_SCHEDULE):
+    "lr_policy": "exponential",  # tf.train.exponential_decay(staircase=False) ...
+    "lr_gamma": 0.8,  # decay_rate 0.8
+    "lr_decay_every": 20000,  # decay_steps 20000
+    "lr_floor": 1e-6,  # ... + 1e-6
     "crop": 96,  # placeholders [None, 96, 96, 3]
     "batch": 12,  # batch_size = 12
     "epochs": 50,  # the released model and test script restore 'epoch50'; the training loop itself never stops

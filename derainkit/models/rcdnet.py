@@ -74,7 +74,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 # The official training command for Rain100L (README; option.py, trainer.py, utility.py) as overrides.
 RECIPE: dict[str, Any] = {
-    "loss": "mse",  # --loss 1*MSE; the full multi-stage sum is peers_b.rcdnet_stage_loss (see STAGE_LOSS)
+    "loss": "rcdnet_stages",  # the official multi-stage sum (peers_b.rcdnet_stage_loss, registered by that name)
     "optimizer": "adam",  # --optimizer ADAM, beta1 0.9, beta2 0.999, epsilon 1e-8, weight_decay 0
     "lr": 1e-3,  # --lr 1e-3
     "lr_milestones": (0.25, 0.5, 0.75),  # StepLR(step_size=--lr_decay 25) over --epochs 100

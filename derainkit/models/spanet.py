@@ -65,10 +65,10 @@ _GATED = (4, 7, 10, 13)  # first block gated by attention maps 1..4 (each gates 
 # Sources: official main.py (Adam lr 5e-3, MultiStepLR at 30,000 of 40,001 steps, gamma 0.1, batch 16)
 # and dataset.py (RandomResizedCrop(256), scale 0.8-1); the README says the release stops at 40K
 # steps "for generalization". The paper's loss is MSE + SSIM on the image plus an MSE attention loss;
-# the official code uses L1 instead of MSE (see derainkit.losses.peers). "loss" names the image term:
-# the registered name of derainkit.losses.peers.spanet_mse_ssim (not one of the four built-in losses).
+# the official code uses L1 instead of MSE (see derainkit.losses.peers). "loss": "spanet" is that whole
+# objective (derainkit.losses: image MSE + 1 − SSIM and the attention MSE against the rain mask).
 RECIPE: dict[str, Any] = {
-    "loss": "spanet_mse_ssim",
+    "loss": "spanet",
     "optimizer": "adam",
     "lr": 5e-3,
     "lr_milestones": [0.75],  # 30,000 / 40,000

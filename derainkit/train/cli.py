@@ -72,7 +72,7 @@ def resolve_config(args: argparse.Namespace):
     elif args.model:
         from derainkit.models import get_model_spec
 
-        cfg = RunConfig.from_dict({"model": args.model, **get_model_spec(args.model).recipe})  # its paper's recipe
+        cfg = RunConfig.from_dict({"model": args.model, **get_model_spec(args.model).run_recipe()})  # its paper's
     else:
         raise ConfigError("nothing to train: give a run config file, --model NAME, or --resume RUN_DIR")
     overrides = list(args.overrides)

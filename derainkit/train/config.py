@@ -34,6 +34,10 @@ DEFAULT_EPOCHS = 500.0
 # Fields that cannot change what a run computes, left out of the hash so that moving the output folder,
 # changing the loader's worker count or how often checkpoints are written still names the same run.
 NOT_IN_HASH = ("out_dir", "num_workers", "checkpoint_every")
+# Fields added after runs were first stored: left out of the hash while at these defaults, so the
+# stored runs keep their names (a run that sets one gets a new name, as it computes something new).
+ADDED_LATER = {"lr_policy": "multistep", "lr_decay_every": 0, "lr_floor": 0.0}
+LR_POLICIES = ("multistep", "exponential")
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,9 @@ class RunConfig:
     grad_clip: float | None = None  # max global gradient norm; None = no clipping (official)
     lr_milestones: tuple[float, ...] = (0.6, 0.8)  # fractions of the run at which lr *= lr_gamma
     lr_gamma: float = 0.1
+    lr_policy: str = "multistep"  # multistep (milestones) | exponential: lr·γ^(t/lr_decay_every) + lr_floor
+    lr_decay_every: int = 0  # exponential: iterations per factor γ (MSPFN: 20000)
+    lr_floor: float = 0.0  # exponential: added to the decayed lr (MSPFN: 1e-6)
     loss: str = "ssim"
     seed: int = 66
     exemplar: str = "official"  # official | random | self | none | retrieval (see train.dataset)
@@ -128,14 +135,16 @@ class RunConfig:
             raise ConfigError("model must name a registered model (see `derainkit models`)")
         for name, allowed in (("layout", ("auto",) + LAYOUTS), ("val_layout", ("auto",) + LAYOUTS),
                               ("clean_side", ("left", "right")), ("optimizer", OPTIMIZERS), ("loss", tuple(LOSSES)),
-                              ("exemplar", EXEMPLAR_POLICIES), ("precision", PRECISIONS)):
+                              ("exemplar", EXEMPLAR_POLICIES), ("precision", PRECISIONS), ("lr_policy", LR_POLICIES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r} is invalid; expected one of {list(allowed)}")
         for name in ("crop", "batch", "lr", "eps", "lr_gamma", "iterations", "epochs", "grad_clip"):
             if getattr(self, name) is not None and not getattr(self, name) > 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be > 0")
+        if self.lr_policy == "exponential" and self.lr_decay_every < 1:
+            raise ConfigError("lr_policy=exponential needs lr_decay_every >= 1 (iterations per factor lr_gamma)")
         for name in ("weight_decay", "seed", "val_every", "val_limit", "log_every", "checkpoint_every",
-                     "num_workers"):
+                     "num_workers", "lr_decay_every", "lr_floor"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name}={getattr(self, name)!r} must be >= 0")
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
@@ -235,6 +244,9 @@ class RunConfig:
         d["model_config"] = canonical_model_config(self.model, self.model_config)
         # The task keys came after the first records were stored: at their defaults (the model's own task,
         # its default options) they are left out, so those runs keep their names.
+        for name, default in ADDED_LATER.items():
+            if d[name] == default:
+                d.pop(name)
         d.pop("task")
         task_config = d.pop("task_config")
         if self.task is not None and self.task != self.model_task():

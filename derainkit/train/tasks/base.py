@@ -77,8 +77,24 @@ def make_optimizer(cfg: "RunConfig", params: Any, **options: Any) -> torch.optim
     raise ValueError(f"optimizer={cfg.optimizer!r}")  # pragma: no cover - RunConfig validates it
 
 
+class ExponentialFactor:
+    """LR factor γ^(t/every) + floor/lr (TensorFlow's continuous exponential_decay plus a constant, as MSPFN
+    trains). A callable object, so LambdaLR can keep it in a checkpoint."""
+
+    def __init__(self, gamma: float, every: int, floor_ratio: float) -> None:
+        self.gamma, self.every, self.floor_ratio = float(gamma), int(every), float(floor_ratio)
+
+    def __call__(self, step: int) -> float:
+        return self.gamma ** (step / self.every) + self.floor_ratio
+
+
 def make_scheduler(cfg: "RunConfig", optimizer: torch.optim.Optimizer, iterations: int) -> Any:
-    """MultiStepLR at round(f · iterations) for f in ``lr_milestones``, stepped once per iteration."""
+    """The run's schedule, stepped once per iteration: MultiStepLR at round(f · iterations) for f in
+    ``lr_milestones`` (default), or the exponential policy."""
+    if cfg.lr_policy == "exponential":
+        lr = optimizer.param_groups[0]["lr"]
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, ExponentialFactor(cfg.lr_gamma, cfg.lr_decay_every,
+                                                                              cfg.lr_floor / lr))
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=cfg.milestones(iterations), gamma=cfg.lr_gamma)
 
 

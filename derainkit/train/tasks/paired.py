@@ -15,6 +15,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from derainkit.errors import ConfigError
+from derainkit.losses import ModelLoss
 from derainkit.strictconfig import strict_from_dict
 from derainkit.train.tasks.base import TrainingTask, check_training_memory, make_optimizer
 
@@ -45,6 +46,7 @@ class PairedTask(TrainingTask):
         self.uses_exemplar = self.spec.takes_exemplar(self.model_config)
         self._check_exemplar_policy()
         self.loss_fn = get_loss(run.loss)
+        self.static_graph = self.spec.static_graph
         self.data = TrainingSet.load(run.train_data, run.layout, run.clean_side, progress=self.ctx.progress)
         self.train_root = self.data.root
         self.sampler = PairSampler(self.data, run.crop, run.batch, run.seed,
@@ -77,18 +79,22 @@ class PairedTask(TrainingTask):
         side = min_side() if min_side is not None else 1
         if self.run.crop < side:
             raise ConfigError(f"crop={self.run.crop} is smaller than model {self.run.model!r} with this model_config "
-                              f"can process (at least {side}×{side} px: k, patch size and stride need enough graph "
-                              "patches at every scale); raise crop")
+                              f"can process (at least {side}×{side} px, e.g. for MSGNN's graph patches at every "
+                              "scale); raise crop")
 
     def step(self, batch: Mapping[str, torch.Tensor], iteration: int) -> dict[str, torch.Tensor]:
         keys = ("rainy", "exemplar") if self.uses_exemplar else ("rainy",)
         b = self.ctx.to_device({k: batch[k] for k in keys + ("clean",)}, images=keys)
+        # a ModelLoss asks the model for more than the image (stage outputs, an attention map)
+        kwargs = dict(getattr(self.loss_fn, "forward_kwargs", {}))
+        if self.uses_exemplar:
+            kwargs["exemplar"] = b["exemplar"]
         with self.ctx.autocast():
-            if self.uses_exemplar:
-                pred = self.calls["model"](b["rainy"], exemplar=b["exemplar"])
-            else:
-                pred = self.calls["model"](b["rainy"])
-        loss = self.loss_fn(pred, b["clean"])  # in fp32, outside autocast (see derainkit.losses)
+            pred = self.calls["model"](b["rainy"], **kwargs)
+        if isinstance(self.loss_fn, ModelLoss):  # in fp32, outside autocast (see derainkit.losses)
+            loss = self.loss_fn(pred, b["clean"], b["rainy"])
+        else:
+            loss = self.loss_fn(pred, b["clean"])
         optimizer = self.optimizers["model"]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -163,9 +163,10 @@ def _measure(stage: nn.Module, norm: nn.InstanceNorm2d, frame: torch.Tensor, box
 
 
 def _run_stage(stage: nn.Module, frame: torch.Tensor, tile: int, device: torch.device,
-               spare: torch.Tensor | None = None) -> torch.Tensor:
-    """The stage's output frame; written into ``spare`` (a free frame of the same shape) when given, so that
-    a long chain of stages reuses two frame buffers instead of faulting in fresh memory for every stage."""
+               spares: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """The stage's output frame, written into a free frame taken from ``spares`` when one has the right shape
+    (a chain of stages then reuses two buffers instead of faulting in fresh memory at every stage); a spare
+    of another shape is released before a new frame is allocated."""
     height, width = frame.shape[2:]
     halo = receptive_radius(stage)
     boxes = _tiles(height, width, tile)
@@ -179,7 +180,11 @@ def _run_stage(stage: nn.Module, frame: torch.Tensor, tile: int, device: torch.d
             pred = stage(x)[:, :, y0 - wy:y1 - wy, x0 - wx:x1 - wx]
             if out is None:
                 shape = (frame.shape[0], pred.shape[1], height, width)
-                out = spare if spare is not None and spare.shape == shape else torch.empty(shape)
+                spare = spares.pop() if spares else None
+                out = spare if spare is not None and spare.shape == shape else None
+                del spare
+                if out is None:
+                    out = torch.empty(shape)
             out[:, :, y0:y1, x0:x1] = pred
     finally:
         for norm in norms:
@@ -199,10 +204,11 @@ def run_frame_norm(model: nn.Module | Sequence[nn.Module], image: torch.Tensor, 
         raise ValueError(f"tile must be a positive number of pixels, got {tile}")
     stages = model_stages(model) if isinstance(model, nn.Module) else list(model)
     device = torch.device(device)
-    frame, spare = image.float().cpu(), None
+    frame, spares = image.float().cpu(), []
     for stage in tqdm(stages, desc="frame-norm stages", disable=not progress, leave=False):
-        out = _run_stage(stage, frame, tile, device, spare)
-        spare = frame if frame is not image else None  # never write into the caller's image
+        out = _run_stage(stage, frame, tile, device, spares)
+        if frame is not image:  # never write into the caller's image
+            spares.append(frame)
         frame = out
     return frame
 

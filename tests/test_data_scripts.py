@@ -351,7 +351,9 @@ def test_shipped_registry_loads_and_covers_the_benchmarks():
     for name in ("rain100l-test", "raintrainl", "rain100h-test", "raintrainh", "rain200h", "rain200l",
                  "rain1400-test", "rain12600", "rain12", "spa-test", "nlcl-realrain", "internet-data", "realrain-1k"):
         assert name in reg and reg[name].official, name
-    assert {n for n, d in reg.items() if d.verified} == {"rain100l-test", "raintrainl", "nlcl-realrain"}
+    assert {n for n, d in reg.items() if d.verified} == {"rain100l-test", "raintrainl", "nlcl-realrain",
+                                                         "spanet-weights", "drn-weights", "prenet-weights",
+                                                         "nlcl-weights"}
     assert len(reg["rain100l-test"].files) == 200 and len(reg["raintrainl"].files) == 400
     assert fetch.main(["--list"]) == 0
 
@@ -363,9 +365,14 @@ def test_shipped_checksums_match_shared_sha256sums(shared):
         sums[name.removeprefix("./")] = digest
     reg = fetch.load_registry()
     for name, prefix in (("rain100l-test", "data/rain100l/test/"), ("raintrainl", "data/rain100l/train/"),
-                         ("nlcl-realrain", "data/nlcl_realrain/rainy/")):
+                         ("nlcl-realrain", "data/nlcl_realrain/rainy/"), ("spanet-weights", "weights/spanet/"),
+                         ("drn-weights", "weights/drn/"), ("nlcl-weights", "weights/nlcl/")):
         for f in reg[name].files:
             assert f.sha256 == sums[prefix + f.filename], f.filename
+    compared = [f for f in reg["prenet-weights"].files if f"weights/prenet/{f.filename}" in sums]
+    assert len(compared) == 2  # PReNet6 on Rain100L and Rain100H; the variants' files are not in ../shared
+    for f in compared:
+        assert f.sha256 == sums[f"weights/prenet/{f.filename}"], f.filename
 
 
 def test_shipped_rain100l_entry_through_a_local_mirror_of_shared(shared, tmp_path, mirror):

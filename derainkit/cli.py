@@ -100,7 +100,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     pairs = discover_pairs(args.data, layout=args.layout)
     if args.limit:
         pairs = pairs[: args.limit]
-    protocols = args.protocol or ["matlab-y"]
+    protocols = args.protocol or (["matlab-y"] if all(p.clean is not None for p in pairs) else ["niqe"])
     out = args.out or Path("results") / "evaluate" / f"{args.model or 'input'}_{Path(args.data).resolve().name}"
     probe_writable(Path(out))
     meta: dict = {"data_layout": args.layout}
@@ -123,26 +123,43 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rain_predictor(args: argparse.Namespace, predictor):
+    """A predictor of the model's rain layer (``<stem>_rain.png``), for layer-separating models (NLCL)."""
+    from derainkit.infer import Predictor
+
+    layer = getattr(predictor.model, "rain_layer", None)
+    if layer is None:
+        raise DerainkitError(f"--layers: model {args.model!r} does not separate a rain layer (NLCL does)")
+    return Predictor(layer(), predictor.bytes_per_pixel, device=predictor.device, tile=args.tile,
+                     overlap=args.overlap, blend=args.blend, label=f"{predictor.label}, rain layer",
+                     whole_frame_norm=predictor.whole_frame_norm)
+
+
 def cmd_derain(args: argparse.Namespace) -> int:
     from derainkit.data import file_sha256
     from derainkit.infer.folder import DerainLog, derain_jobs, plan_jobs, probe_writable
     from derainkit.provenance import provenance
 
     _apply_max_pixels(args)
-    jobs, folder = plan_jobs(Path(args.input), Path(args.output))
+    jobs, folder = plan_jobs(Path(args.input), Path(args.output), extra_suffixes=("rain",) if args.layers else ())
     probe_writable(folder)  # before the model is loaded: a read-only folder fails now, not after inference
     log = DerainLog(folder)
     spec, predictor = _predictor(args)
+    rain = _rain_predictor(args, predictor) if args.layers else None
     weights = args.weights or spec.default_weights
     config = predictor.model.config.to_dict() if hasattr(predictor.model, "config") else _model_config(args)
     settings = {"model": args.model, "weights_sha256": file_sha256(weights), "model_config": config,
-                "tile": args.tile, "overlap": args.overlap, "blend": args.blend, "bit_depth": args.bit_depth}
+                "tile": args.tile, "overlap": args.overlap, "blend": args.blend, "bit_depth": args.bit_depth,
+                "layers": bool(args.layers)}
     run = {"model": args.model, "weights": str(weights), "settings": settings,
            "provenance": provenance(predictor.device)}
 
     def predict(pixels):
         out, plan = predictor(pixels, progress=True)
-        return {"derained": out}, plan
+        outs = {"derained": out}
+        if rain is not None:
+            outs["rain"] = rain(pixels, progress=True)[0]
+        return outs, plan
 
     counts = derain_jobs(jobs, predict, log, run, bit_depth=args.bit_depth)
     if counts["skipped"]:
@@ -166,13 +183,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap = OneLineParser(prog="derainkit", description="Deraining reproducibility kit")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    ev = sub.add_parser("evaluate", help="score a model (or the rainy images themselves) on a paired dataset")
+    ev = sub.add_parser("evaluate", help="score a model (or the rainy images themselves): full-reference on a paired "
+                                         "dataset, NIQE on photos without ground truth")
     _add_model_args(ev, required=False)
     ev.add_argument("--data", required=True,
                     help="dataset folder (any supported layout), or 'embedded[:test|train]' for the built-in set")
     ev.add_argument("--layout", default="auto", choices=("auto",) + LAYOUTS, help="dataset layout (default: detect)")
-    ev.add_argument("--protocol", action="append", choices=tuple(PROTOCOLS),
-                    help="metric protocol (repeatable; default matlab-y)")
+    ev.add_argument("--protocol", action="append", choices=(*PROTOCOLS, "niqe"),
+                    help="metric protocol (repeatable; default matlab-y, or niqe for photos without ground truth)")
     ev.add_argument("--quantize", choices=("auto", "round", "trunc"), default="auto",
                     help="float output -> uint8 before uint8 protocols; auto = what the model's official test did")
     ev.add_argument("--limit", type=_count, default=0, help="score only the first N pairs (natural order; 0: all)")
@@ -186,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(de)
     de.add_argument("--bit-depth", choices=("auto", "8", "16"), default="auto",
                     help="output bit depth; auto = same as the input")
+    de.add_argument("--layers", action="store_true",
+                    help="also write the rain layer as <name>_rain.png (models that separate one, e.g. nlcl)")
     de.set_defaults(func=cmd_derain)
 
     from derainkit.train.cli import add_train_parser

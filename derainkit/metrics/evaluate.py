@@ -28,10 +28,11 @@ from derainkit.data.manifest import manifest_text
 from derainkit.errors import DatasetError, naming_file
 from derainkit.fsutil import atomic_write_bytes, check_target, refuse_overwriting
 from derainkit.io import write_image
-from derainkit.metrics.protocols import PROTOCOLS, Quantize, get_protocol, score
+from derainkit.metrics.protocols import PROTOCOLS, Quantize, get_protocol, quantize_uint8, score
 from derainkit.provenance import provenance
 
 PredictFn = Callable[[np.ndarray, Pair], tuple[np.ndarray, dict]]
+NIQE = "niqe"  # the no-reference measure (derainkit.metrics.niqe): needs no ground truth
 
 
 @dataclass
@@ -42,11 +43,19 @@ class EvaluationResult:
     summary: dict[str, Any] = field(default_factory=dict)
 
     def table(self) -> str:
-        """A Markdown table: one row per protocol."""
-        lines = ["| protocol | PSNR (dB) | SSIM | input PSNR | input SSIM |", "|---|---|---|---|---|"]
-        for proto, m in self.means.items():
-            lines.append(f"| {proto} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['input_psnr']:.2f} | {m['input_ssim']:.4f} |")
-        return "\n".join(lines)
+        """Markdown: one row per protocol, and a NIQE table (lower is better) when it was scored."""
+        sections = []
+        paired = {p: m for p, m in self.means.items() if p != NIQE}
+        if paired:
+            rows = [f"| {p} | {m['psnr']:.2f} | {m['ssim']:.4f} | {m['input_psnr']:.2f} | {m['input_ssim']:.4f} |"
+                    for p, m in paired.items()]
+            sections.append("\n".join(["| protocol | PSNR (dB) | SSIM | input PSNR | input SSIM |",
+                                       "|---|---|---|---|---|", *rows]))
+        if NIQE in self.means:
+            m = self.means[NIQE]
+            sections.append("\n".join(["| no-reference | NIQE (lower is better) | input NIQE |", "|---|---|---|",
+                                       f"| niqe | {m['niqe']:.3f} | {m['input_niqe']:.3f} |"]))
+        return "\n\n".join(sections)
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -72,6 +81,21 @@ def score_image(pred: np.ndarray, rainy: np.ndarray, clean: np.ndarray, protocol
     return row
 
 
+NIQE_DESCRIPTION = ("NIQE (Mittal et al. 2013, the LIVE MATLAB release's pristine model and features; lower is more "
+                    "natural), of the prediction quantised like the uint8 protocols and of the input; no ground truth")
+
+
+def niqe_image(pred: np.ndarray, rainy: np.ndarray, quantize: Quantize, name: str | Path = "image") -> dict[str, float]:
+    """``niqe`` of the prediction (quantised by ``quantize``, as a saved result would be) and ``input_niqe``."""
+    from derainkit.errors import DerainkitError
+    from derainkit.metrics.niqe import niqe
+
+    try:
+        return {"niqe": niqe(quantize_uint8(pred, quantize)), "input_niqe": niqe(quantize_uint8(rainy, "round"))}
+    except DerainkitError as exc:
+        raise type(exc)(f"{name}: {exc}") from None
+
+
 def mean_scores(rows: Sequence[dict[str, Any]], protocols: Sequence[str]) -> dict[str, dict[str, float]]:
     """Per protocol, the means of ``score_image`` rows (non-finite PSNRs of exact images left out)."""
     return {proto: {key: _mean([r[f"{proto}/{key}"] for r in rows])
@@ -90,18 +114,23 @@ def evaluate(pairs: Sequence[Pair], predict: PredictFn | None, out_dir: str | Pa
     predictions as 8-bit PNGs named by pair id (rounded, as the kit writes images).
     """
     protocols = list(dict.fromkeys(protocols))
+    with_niqe = NIQE in protocols
+    protocols = [p for p in protocols if p != NIQE]
     for p in protocols:
         get_protocol(p)
     if not pairs:
         raise DatasetError(f"no image pairs to evaluate{f' in {data_root}' if data_root else ''}")
     missing_gt = [p.id for p in pairs if p.clean is None]
-    if missing_gt:
-        raise DatasetError(f"{len(missing_gt)} image(s) have no ground truth, cannot score: {missing_gt[:10]}")
+    if missing_gt and protocols:
+        raise DatasetError(f"{len(missing_gt)} image(s) have no ground truth, cannot score {protocols}: "
+                           f"{missing_gt[:10]} (photos without ground truth: --protocol niqe)")
+    if not protocols and not with_niqe:
+        raise DatasetError("no protocol to score: give a full-reference protocol or niqe")
     out_dir = Path(out_dir)
     outputs = [(out_dir / name, out_dir) for name in ("per_image.csv", "manifest.csv", "summary.json", "summary.md")]
     if save_dir is not None:
         outputs += [(Path(save_dir) / f"{p.id}.png", p.rainy) for p in pairs]
-    refuse_overwriting(outputs, [f for p in pairs for f in {p.rainy, p.clean}])
+    refuse_overwriting(outputs, [f for p in pairs for f in {p.rainy, p.clean} if f is not None])
     for path, _source in outputs:
         check_target(path)  # a link among the outputs fails now, not after the whole evaluation
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -118,11 +147,14 @@ def evaluate(pairs: Sequence[Pair], predict: PredictFn | None, out_dir: str | Pa
             # errors from the model (e.g. an image too small for it) name the image they concern
             pred, info = naming_file(pair.rainy, lambda: predict(rainy, pair))
         infos.append(info)
-        if pred.shape != clean.shape:
+        if clean is not None and pred.shape != clean.shape:
             raise DatasetError(f"{pair.rainy}: prediction is {pred.shape[1]}x{pred.shape[0]} but its ground truth "
                                f"{pair.clean} is {clean.shape[1]}x{clean.shape[0]}")
-        row: dict[str, Any] = {"id": pair.id, "height": rainy.shape[0], "width": rainy.shape[1],
-                               **score_image(pred, rainy, clean, protocols, quantize, pair.rainy)}
+        row: dict[str, Any] = {"id": pair.id, "height": rainy.shape[0], "width": rainy.shape[1]}
+        if protocols:
+            row.update(score_image(pred, rainy, clean, protocols, quantize, pair.rainy))
+        if with_niqe:
+            row.update(niqe_image(pred, rainy, quantize, pair.rainy))
         if info.get("tiling") is not None:
             row["tile"] = info["tiling"].get("tile")
         rows.append(row)
@@ -141,6 +173,8 @@ def evaluate(pairs: Sequence[Pair], predict: PredictFn | None, out_dir: str | Pa
     manifest = manifest_text(list(pairs)).encode("utf-8")
     digest = hashlib.sha256(manifest).hexdigest()
     means = mean_scores(rows, protocols)
+    if with_niqe:
+        means[NIQE] = {key: _mean([r[key] for r in rows]) for key in ("niqe", "input_niqe")}
     # how many images ran whole or with each tile setting (the reasons live in per_image.csv's tile column)
     tiling_counts: dict[str, int] = {}
     for info in infos:
@@ -151,7 +185,8 @@ def evaluate(pairs: Sequence[Pair], predict: PredictFn | None, out_dir: str | Pa
     summary = {
         "n_images": len(rows),
         "metrics": means,
-        "protocols": {p: PROTOCOLS[p].description for p in protocols},
+        "protocols": {**{p: PROTOCOLS[p].description for p in protocols},
+                      **({NIQE: NIQE_DESCRIPTION} if with_niqe else {})},
         "quantize": quantize,
         "data_root": str(data_root) if data_root is not None else None,
         "manifest_sha256": digest,

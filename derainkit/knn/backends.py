@@ -6,10 +6,12 @@ exactly and the completeness check (`derainkit.knn.select`) bounds the GEMM's ro
 are bit-identical whichever path is taken (tested in tests/test_knn_backends.py).
 
 oneDNN: on CPU, float32, `torch.ops.mkldnn._linear_pointwise` (the fused linear op that torch.compile's
-CPU backend emits) computes (−2q)·xᵀ + ‖x‖² in one call at about 2× the speed of torch.addmm/baddbmm
-(MKL) on the project's 2-core AMD EPYC (Zen 3, AVX2). It is a private op, so it is only used after a probe
-has found it present and fp32-exact, and everything else goes through the public torch.addmm/baddbmm.
-Set DERAINKIT_KNN_ONEDNN=0 (before the first search) to switch it off.
+CPU backend emits) computes (−2q)·xᵀ + ‖x‖² in one call. When it was adopted (commit 4af6e16) it ran at
+about 2× the speed of torch.addmm/baddbmm (MKL) on the project's 2-core AMD EPYC (Zen 3, AVX2); a later
+single-thread check on the same, then busy, machine gave 1.25× for a 256×16384 global block and parity
+for the batched windowed blocks. It is a private op, so it is only used after a probe has found it
+present and fp32-exact; everything else goes through the public torch.addmm/baddbmm. Set
+DERAINKIT_KNN_ONEDNN=0 (before the first search) to switch it off.
 """
 from __future__ import annotations
 
@@ -90,7 +92,7 @@ def gemm_form_rows(q: Tensor, x: Tensor, xn: Tensor, onednn: bool, max_rows: int
 def gemm_form_batched(q: Tensor, x: Tensor, xn: Tensor, onednn: bool) -> Tensor:
     """g for B independent blocks: q B×R×e, x B×N×e, xn B×N -> B×R×N.
 
-    oneDNN has no batched fused op, so it takes one call per block (still ~2× MKL's baddbmm here).
+    oneDNN has no batched fused op, so it takes one call per block.
     """
     nb, _r, _e = q.shape
     if onednn:

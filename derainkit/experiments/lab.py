@@ -25,6 +25,7 @@ from derainkit.strictconfig import coerce_fields, strict_from_dict
 from derainkit.experiments.store import Store
 
 _RESULTS_ENV = "DERAINKIT_RESULTS"
+_SCHEDULE_KEYS = ("crop", "batch", "iterations", "epochs", "seed")  # the profile's, for every row of a table
 
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"  # also at notebooks/profiles (a link)
@@ -41,6 +42,11 @@ def profile_values(name: str) -> dict[str, Any]:
     values = load_yaml(path.read_text(), str(path)) or {}
     values["name"] = values.pop("profile", name)
     return values
+
+
+def notebook_values(profile: str, notebook: str) -> dict[str, Any]:
+    """The profile's values for one notebook's own parameters (``notebook_params: {<stem>: {...}}``)."""
+    return dict((profile_values(profile).get("notebook_params") or {}).get(notebook, {}))
 
 
 _SMOKE = profile_values("smoke")  # the defaults everywhere: Profile, the notebooks' parameters cells, CI
@@ -85,8 +91,9 @@ class Profile:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name}={value} must be >= 1")
-        if not self.protocols or any(p not in PROTOCOLS for p in self.protocols):
-            raise ConfigError(f"protocols={list(self.protocols)}: choose from {list(PROTOCOLS)}")
+        allowed = (*PROTOCOLS, "niqe")  # niqe: no-reference, for photos without ground truth
+        if not self.protocols or any(p not in allowed for p in self.protocols):
+            raise ConfigError(f"protocols={list(self.protocols)}: choose from {list(allowed)}")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ConfigError(f"profile name {self.name!r} must be a plain folder name")
         spec = get_model_spec(self.model)
@@ -163,16 +170,37 @@ class Lab:
 
     # ------------------------------------------------------------------ data identity
     def data_digest(self, spec: str, limit: int = 0) -> tuple[str, int]:
-        """(sha256 digest of the file manifest, pair count) of a data folder, cached per Lab."""
+        """(sha256 digest of the file manifest, pair count) of a data folder, cached per Lab. A folder of
+        the four rain types (``{drs,drd,nrs,nrd}/{input,target}``, UniRain) counts every type's pairs."""
         from derainkit.data import discover_pairs, manifest_digest, resolve_data_path
 
         cache_key = f"{spec}|{limit}"
         if cache_key not in self._digests:
-            pairs = discover_pairs(resolve_data_path(spec))
+            root = resolve_data_path(spec)
+            if (root / "rain_types.json").is_file():
+                from derainkit.data.rain_types import rain_type_pairs
+
+                pairs = [p for typed in rain_type_pairs(root).values() for p in typed]
+            else:
+                pairs = discover_pairs(root)
             if limit:
                 pairs = pairs[:limit]
             self._digests[cache_key] = (manifest_digest(pairs), len(pairs))
         return self._digests[cache_key]
+
+    def on(self, **changes: Any) -> "Lab":
+        """This Lab with some profile parameters changed (e.g. ``test_data``, ``protocols``,
+        ``eval_limit``), sharing the store: score a stored run on another test set, or photos by NIQE."""
+        lab = Lab(dataclasses.replace(self.profile, **changes))
+        lab._digests = self._digests
+        return lab
+
+    def compute(self, kind: str, spec: Mapping[str, Any], fn: Any) -> dict[str, Any]:
+        """A stored record of any other computation (e.g. an intrinsic-dimension study): ``fn(key, folder)``
+        returns the result dict; ``spec`` (JSON) names it, together with ``kind``."""
+        full = {"kind": kind, **dict(spec)}
+        return self.store.ensure(full, lambda key: {**fn(key, self.store.artefact_dir(key)),
+                                                    "provenance": self._provenance()}, force=self.profile.force)
 
     def _test_spec(self) -> dict[str, Any]:
         p = self.profile
@@ -192,16 +220,20 @@ class Lab:
         from derainkit.models import get_model_spec
 
         p = self.profile
+        spec = get_model_spec(model)
         mc = dict(p.model_config) if model == p.model else {}
         mc.update(model_config or {})
-        data = dict(model=model, model_config=mc, train_data=p.train_data, val_data=None,
+        # Another family trains with its own paper's loss, optimizer and learning rate, on the profile's
+        # data, crops, batch and schedule length (one budget for every row of a table).
+        recipe = {} if model == p.model else {k: v for k, v in spec.run_recipe().items() if k not in _SCHEDULE_KEYS}
+        data = dict(recipe, model=model, model_config=mc, train_data=p.train_data, val_data=None,
                     iterations=p.iterations, crop=p.crop, batch=p.batch, device=p.device,
                     out_dir=str(self.root / "train"))
         data.update(p.run_overrides)
         data.update(overrides)
         if "epochs" in data or data.get("iterations") is None:  # an epoch-counted schedule (paper profile)
             data.pop("iterations", None)
-        if not get_model_spec(model).uses_exemplar and "exemplar" not in overrides:
+        if not spec.uses_exemplar and "exemplar" not in overrides:
             data["exemplar"] = "none"  # the family has no exemplar input (a policy would only be recorded unused)
         return RunConfig.from_dict(data)
 
@@ -250,9 +282,12 @@ class Lab:
         spec = {"kind": "eval_input", "test": self._test_spec()}
         return self.store.ensure(spec, lambda key: self._evaluate(key, None, None), force=self.profile.force)
 
-    def derain_image(self, record: Mapping[str, Any], image: str | Path, max_side: int = 512) -> Path:
-        """Derain one image (downscaled to ``max_side``) with a stored train_eval run's model; the PNG
-        (and the resized input as ``<key>/input.png``) is stored, keyed by run, image content and size."""
+    def derain_image(self, record: Mapping[str, Any], image: str | Path, max_side: int = 512,
+                     weights: str | Path | None = None, layers: bool = False) -> Path:
+        """Derain one image (downscaled to ``max_side``) with a stored run's model: a train_eval record, or
+        an eval_weights record together with its ``weights`` file. The PNG (and the resized input as
+        ``<key>/input.png``, and with ``layers`` the rain layer as ``<key>/rain.png``) is stored, keyed by
+        run, image content and size."""
         from derainkit.data import file_sha256
 
         image = Path(image)
@@ -260,20 +295,32 @@ class Lab:
             raise DerainkitError(f"{image}: image not found")
         spec = {"kind": "derain_image", "run": record["key"], "image_sha256": file_sha256(image),
                 "max_side": int(max_side)}
+        if layers:
+            spec["layers"] = True  # only when asked: earlier records keep their keys
 
         def compute(key: str) -> dict[str, Any]:
             from derainkit.io import load_image, write_image
 
-            weights = self._weights_of(record)
+            if weights is not None:
+                model, path = record["spec"]["model"], Path(weights)
+            else:
+                model, path = record["run_config"]["model"], self._weights_of(record)
             pixels = _fit(load_image(image).pixels, max_side)
-            _, predictor = self._predictor(record["run_config"]["model"], weights)
+            _, predictor = self._predictor(model, path)
             out, plan = predictor(pixels)
             folder = self.store.artefact_dir(key)
             write_image(folder / "input.png", pixels)
             write_image(folder / "derained.png", out)
+            outputs = {"input": f"{key}/input.png", "derained": f"{key}/derained.png"}
+            if layers:  # the rain layer of a layer-separating model (NLCL), same size and tiling
+                from derainkit.infer import Predictor
+
+                rain = Predictor(predictor.model.rain_layer(), predictor.bytes_per_pixel, device=predictor.device,
+                                 whole_frame_norm=predictor.whole_frame_norm)(pixels)[0]
+                write_image(folder / "rain.png", rain)
+                outputs["rain"] = f"{key}/rain.png"
             return {"image": image.name, "size": list(pixels.shape[:2]), "tiling": plan.to_dict(),
-                    "outputs": {"input": f"{key}/input.png", "derained": f"{key}/derained.png"},
-                    "provenance": self._provenance()}
+                    "outputs": outputs, "provenance": self._provenance()}
 
         rec = self.store.ensure(spec, compute, force=self.profile.force)
         return self.store.root / rec["outputs"]["derained"]

@@ -39,7 +39,10 @@ def resolve_parameters(notebook: Path, profile: str | None, pairs: Sequence[tupl
     params: dict[str, Any] = {}
     if profile:
         values = profile_values(profile)
+        # a profile's values for one notebook's own parameters: `notebook_params: {<notebook stem>: {...}}`
+        own = (values.pop("notebook_params", None) or {}).get(notebook.stem, {})
         params.update({("profile" if k == "name" else k): v for k, v in values.items()})
+        params.update(own)
     for name, text in pairs:
         params[name] = load_yaml(text, f"-p {name}") if text.strip() else None
     unknown = sorted(set(params) - set(declared))

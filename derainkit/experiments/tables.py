@@ -204,18 +204,47 @@ def plot_sweep(out_png: str | Path, title: str, rows: Sequence[Row], protocol: s
 
 def image_panel(out_png: str | Path, title: str, images: Sequence[tuple[str, str | Path]]) -> Path:
     """A row of images (label, PNG path), e.g. Figure 8/9's real-image comparisons."""
+    return image_grid(out_png, title, [images])
+
+
+def image_grid(out_png: str | Path, title: str, rows: Sequence[Sequence[tuple[str, str | Path]]]) -> Path:
+    """Rows of images (label, PNG path), e.g. rainy | background | rain layer for each photo."""
     plt = _pyplot()
 
     from derainkit.io import read_image
 
-    fig, axes = plt.subplots(1, len(images), figsize=(3.2 * len(images), 3.0), squeeze=False)
-    for ax, (label, path) in zip(axes[0], images):
-        ax.imshow(read_image(path))
-        ax.set_title(label, fontsize=8)
-        ax.axis("off")
+    cols = max(len(r) for r in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(3.2 * cols, 2.2 * len(rows) + 0.6), squeeze=False)
+    for ax_row, images in zip(axes, rows):
+        for ax in ax_row:
+            ax.axis("off")
+        for ax, (label, path) in zip(ax_row, images):
+            ax.imshow(read_image(path))
+            ax.set_title(label, fontsize=8)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, out_png)
+
+
+def render_rows(out_dir: str | Path, item: str, title: str, rows: Sequence[Mapping[str, Any]],
+                notes: Sequence[str] = ()) -> Path:
+    """``<item>.csv`` and ``<item>.md`` of plain rows (one dict each, the same keys), for tables that are
+    not PSNR/SSIM against a paper (NIQE of photos, intrinsic dimensions, verdicts). Floats print with
+    4 decimals in the Markdown; the CSV keeps them whole. Returns the Markdown path."""
+    out_dir = Path(out_dir)
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(out_dir / f"{item}.csv", buf.getvalue())
+    cell = lambda v: f"{v:.4f}" if isinstance(v, float) else ("–" if v is None or v == "" else str(v))  # noqa: E731
+    lines = [f"# {title}", "", *[f"- {n}" for n in notes], "", "| " + " | ".join(fields) + " |",
+             "|" + "---|" * len(fields)]
+    lines += ["| " + " | ".join(cell(r.get(f)) for f in fields) + " |" for r in rows]
+    md = out_dir / f"{item}.md"
+    atomic_write_text(md, "\n".join(lines) + "\n")
+    return md
 
 
 def _pyplot():

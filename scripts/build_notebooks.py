@@ -110,25 +110,48 @@ NOTEBOOKS = {
                "checkpoint the kit ships, and an MSGNN trained under this profile, all with one protocol."),
         extra_params=('\nprenet_weights = "../../shared/weights/prenet/Rain100L/PReNet6_net_latest.pth"'
                       '\nmsgnn_weights = None       # None: the checkpoint shipped with the kit'
-                      '\ntable1_eval_limit = 0      # Table 1 scores the whole test set whatever eval_limit says'),
+                      '\ntable1_eval_limit = 0      # Table 1 scores the whole test set whatever eval_limit says'
+                      '\nweights_dir = "../../shared/weights"  # official peer weights: spanet/, drn/, prenet/, nlcl/'
+                      '\ntrain_peers = ["rescan", "spanet", "dcsfn", "mspfn", "rcdnet", "dualgcn", "moss", "nlcl"]'
+                      '\npeer_model_configs = {m: {"preset": "small"} for m in ("dcsfn", "mspfn", "rcdnet", "dualgcn", "moss")}'
+                      '\npeer_model_configs["nlcl"] = {"channels": 8, "res_blocks": 4, "disc_channels": 16, "head_channels": 32}'
+                      '\npeer_task_configs = {"nlcl": {"loss": {"gen_layers": [0, 2, 4], "num_patches": 64, "num_neg": 32}}}'),
         grid='''from derainkit.models import get_model_spec
 
 lab = Lab.from_namespace({**globals(), "eval_limit": table1_eval_limit})
+wdir = Path(weights_dir) if weights_dir else Path("/nonexistent")
 
 def quoted(method):
     return {d: paper.table1(method, d) for d in paper.TABLE1_DATASETS}
 
+def official(setting, model, path, quotes=None):
+    path = Path(path) if path else None
+    rec = lab.eval_weights(model, path) if path and path.is_file() else None
+    return Row(setting, rec, quotes or {}, why_not_run=f"weights not found: {path}")
+
+def trained(setting, model, quotes=None):
+    if model not in train_peers:
+        return Row(setting, None, quotes or {}, why_not_run=lab.training_cost(model))
+    rec = lab.train_eval(model=model, model_config=peer_model_configs.get(model), task_config=peer_task_configs.get(model, {}))
+    return Row(setting, rec, quotes or {})
+
 rows = [Row("rainy input", lab.eval_input(), {})]
-prenet = Path(prenet_weights) if prenet_weights else None
-rows.append(Row("PReNet (official Rain100L weights)", lab.eval_weights("prenet", prenet) if prenet and prenet.is_file() else None,
-                {**quoted("PReNet"), "Rain100L": paper.PRENET_RAIN100L}, why_not_run=f"weights not found: {prenet}"))
+rows.append(official("PReNet (official Rain100L weights)", "prenet", prenet_weights,
+                     {**quoted("PReNet"), "Rain100L": paper.PRENET_RAIN100L}))
+for name, model, file in (("PRN", "prn", "PRN6"), ("PReNet_r", "prenet_r", "PReNet6_r"), ("PRN_r", "prn_r", "PRN6_r")):
+    rows.append(official(f"{name} (official Rain100L weights)", model, wdir / "prenet" / "Rain100L" / f"{file}_net_latest.pth"))
 shipped = Path(msgnn_weights) if msgnn_weights else get_model_spec("msgnn").default_weights
-rows.append(Row("MSGNN (kit's shipped checkpoint)", lab.eval_weights("msgnn", shipped) if shipped and Path(shipped).is_file() else None,
-                quoted("MSGNN"), why_not_run="no shipped checkpoint"))
+rows.append(official("MSGNN (kit's shipped checkpoint)", "msgnn", shipped, quoted("MSGNN")))
 rows.append(Row("MSGNN (trained in this profile)", lab.train_eval(), quoted("MSGNN")))
-for method in ("RESCAN", "SpaNet", "DCSFN", "MSPFN", "RCDNet", "DualGCN", "MCDSS"):
-    rows.append(Row(method, None, quoted(method), why_not_run="not in the kit (no port or weights)"))
-rows.append(Row("NLCL (unpaired, real rain)", None, {}, why_not_run="not ported yet; no paired benchmark score"))''',
+for method, model in (("RESCAN", "rescan"), ("SpaNet", "spanet"), ("DCSFN", "dcsfn"), ("MSPFN", "mspfn"),
+                      ("RCDNet", "rcdnet"), ("DualGCN", "dualgcn"), ("MCDSS", "moss")):
+    rows.append(trained(f"{method} (trained by the kit in this profile, its own loss)", model, quoted(method)))
+rows.append(official("SPANet (official weights, trained on SPA-Data real rain)", "spanet", wdir / "spanet" / "latest"))
+rows.append(official("DRN (official Rain100L weights; extra light peer)", "drn", wdir / "drn" / "Rain100L" / "net_latest.pth"))
+rows.append(official("DRN (official Rain100H weights)", "drn", wdir / "drn" / "Rain100H" / "net_latest.pth"))
+rows.append(official("NLCL (official RealRain weights: unpaired, trained on other real data)", "nlcl",
+                     wdir / "nlcl" / "latest_net_Back.pth"))
+rows.append(trained("NLCL (trained unpaired by the kit: rainy half vs the other scenes' clean half)", "nlcl"))''',
         plot_args=', plot=None'),
     "table2_components": dict(
         item="table2", target="table2",

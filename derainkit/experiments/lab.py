@@ -329,6 +329,28 @@ class Lab:
         """The resized input stored beside a :meth:`derain_image` output."""
         return Path(record_key_png).parent / "input.png"
 
+    def training_cost(self, model: str, bench: str | Path = "results/bench/peers_step.csv") -> str:
+        """Why ``model`` is not trained in this profile, with the hours its schedule would take at the training
+        step time `make bench` measured (batch 8, 64×64; scaled by batch × crop² to the profile's)."""
+        import csv
+
+        p = self.profile
+        seconds = None
+        path = Path(bench)
+        if not path.is_absolute():
+            path = Path(__file__).resolve().parents[2] / path
+        if path.is_file():
+            with open(path, newline="") as fh:
+                row = next((r for r in csv.DictReader(fh) if r.get("model") == model and r.get("task") == "train_step"),
+                           None)
+            seconds = float(row["seconds"]) if row and row.get("seconds") else None
+        if seconds is None or not p.iterations:
+            return f"not trained in profile `{p.name}` (add it to train_peers; `make bench` measures its step)"
+        scale = p.batch * p.crop ** 2 / (8 * 64 ** 2)
+        hours = seconds * scale * p.iterations / 3600
+        return (f"not trained in profile `{p.name}`: about {hours:.1f} h for {p.iterations} iterations at "
+                f"{seconds:.1f} s per batch-8 64×64 step ({path.name}); add it to train_peers to run it")
+
     # ------------------------------------------------------------------ internals
     def _train(self, cfg) -> tuple[Path, dict[str, Any]]:
         from derainkit.train import train
@@ -347,7 +369,7 @@ class Lab:
             raise DerainkitError(f"training run {run_dir} did not finish")
         return result.weights, {"run_dir": _rel(run_dir, self.root), "iterations": result.total_iterations,
                                 "device": result.device, "precision": result.precision,
-                                "resumed": bool(resume)}
+                                "resumed": bool(resume), "train_seconds_per_iteration": _seconds_per_iteration(result)}
 
     def _weights_of(self, record: Mapping[str, Any]) -> Path:
         """The exported weights of a stored train_eval run, retrained when they are not on this machine."""
@@ -397,6 +419,18 @@ class Lab:
         from derainkit.provenance import provenance
 
         return provenance(device)
+
+
+def _seconds_per_iteration(result) -> float | None:
+    """Training wall time per iteration, from the run's log (its last row holds the total seconds)."""
+    import csv
+
+    try:
+        with open(result.log, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        return round(float(rows[-1]["seconds"]) / max(1, result.total_iterations), 4)
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
 
 
 def _strip_volatile(out_dir: Path) -> None:

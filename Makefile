@@ -34,7 +34,8 @@ NB_code-vs-paper := extra_code_vs_paper
 NB_exemplar-policies := extra_exemplar_policies
 NB_protocol-gap := extra_protocol_gap
 NB_nlcl := nlcl_real_rain
-ITEMS := table1 table2 table3 table4 table5 fig7 fig8 fig9 code-vs-paper exemplar-policies protocol-gap nlcl
+NB_unirain := unirain_four_types
+ITEMS := table1 table2 table3 table4 table5 fig7 fig8 fig9 code-vs-paper exemplar-policies protocol-gap nlcl unirain
 
 .PHONY: setup test test-fast test-notebooks bench evaluate-prenet evaluate-msgnn train-shipped clean-venv reproduce-tables lab data-link $(ITEMS)
 

@@ -177,7 +177,8 @@ class Lab:
         cache_key = f"{spec}|{limit}"
         if cache_key not in self._digests:
             root = resolve_data_path(spec)
-            if (root / "rain_types.json").is_file():
+            if (root / "rain_types.json").is_file() or any((root / t / "input").is_dir()
+                                                          for t in ("drs", "drd", "nrs", "nrd")):
                 from derainkit.data.rain_types import rain_type_pairs
 
                 pairs = [p for typed in rain_type_pairs(root).values() for p in typed]
@@ -238,8 +239,14 @@ class Lab:
         return RunConfig.from_dict(data)
 
     def _run_identity(self, cfg) -> dict[str, Any]:
+        from derainkit.train.tasks import get_task
+
         ident = cfg.identity()
         ident["train_data"] = self.data_digest(cfg.train_data)[0]
+        task_config = ident.get("task_config") or {}
+        for key in get_task(cfg.resolved_task).data_keys:  # folders in task options: their content, not path
+            if task_config.get(key):
+                task_config[key] = self.data_digest(task_config[key])[0]
         ident.pop("val_data", None)
         ident.pop("device", None)  # the same run on another device is the same experiment
         return ident

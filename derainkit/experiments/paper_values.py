@@ -102,3 +102,23 @@ PRENET_RAIN100L = Quoted(37.48, 0.979, "Rain100L", "PReNet paper (Ren et al., CV
 
 def none(note: str = "no counterpart in the paper") -> Quoted:
     return Quoted(None, None, "", "", note)
+
+
+# UniRain (Yang et al., CVPR 2026), shared/reference/unirain-method.md: averages over its four rain types on
+# its RainRAG test set (all methods retrained on RainRAG). Its metric script is not stated (probably pyiqa:
+# PSNR on RGB, SSIM on Y); quoted beside ours only, never mixed with them.
+_UNIRAIN = "UniRain paper (CVPR 2026)"
+_UNIRAIN_PROTOCOL = "PSNR RGB / SSIM (script not stated)"
+UNIRAIN_TABLE6 = {  # the MoE ablation (reference §5.4)
+    "soft/soft": Quoted(27.91, 0.8465, "RainRAG (average of 4 types)", f"{_UNIRAIN}, Table 6", "symmetric soft MoE",
+                        protocol=_UNIRAIN_PROTOCOL),
+    "soft/hard": Quoted(28.93, 0.8515, "RainRAG (average of 4 types)", f"{_UNIRAIN}, Table 6",
+                        "asymmetric (UniRain)", protocol=_UNIRAIN_PROTOCOL),
+}
+UNIRAIN_TABLE1_PER_TYPE = {  # UniRain's own row of its Table 1 (reference §5.2): type -> (PSNR, SSIM)
+    "drs": (29.58, 0.8400), "drd": (24.71, 0.7687), "nrs": (35.23, 0.9592), "nrd": (26.21, 0.8380),
+}
+UNIRAIN_REWEIGHTING_GAIN_DB = 1.69  # Table 5 (summaries): reweighting vs fixed weights, average PSNR on RainRAG
+UNIRAIN_DISTILLATION = {  # Table 4 (summaries): PSNR / SSIM averages on RainRAG
+    "VLM judging only": (27.73, 0.8358), "retrieval only": (28.36, 0.8425), "full RAG distillation": (28.93, 0.8515),
+}

@@ -23,6 +23,7 @@ class TaskSpec:
     description: str
     config_from_dict: Callable[[Mapping[str, Any] | None], Any]
     build: Callable[..., Any]  # (TaskContext, config) -> TrainingTask
+    data_keys: tuple[str, ...] = ()  # task_config keys naming data folders (results stores key them by content)
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -37,12 +38,14 @@ TASKS: dict[str, TaskSpec] = {
         description="unsupervised on unpaired rainy/clean crops: D step then G step, one optimizer per network (NLCL)",
         config_from_dict=lazy("derainkit.train.tasks.nlcl", "NLCLTaskConfig.from_dict"),
         build=lazy("derainkit.train.tasks.nlcl", "NLCLTask"),
+        data_keys=("clean_data",),
     ),
     "unirain": TaskSpec(
         name="unirain",
         description="four rain types, per-type L1 weighted by the CoBa-style reweighter (UniRain)",
         config_from_dict=lazy("derainkit.train.tasks.unirain", "UniRainTaskConfig.from_dict"),
         build=lazy("derainkit.train.tasks.unirain", "UniRainTask"),
+        data_keys=("val_root",),
     ),
 }
 

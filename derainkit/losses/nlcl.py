@@ -49,6 +49,16 @@ the official one needs batch 1), anchors in [16, size−16], 16-px patches, 40-p
 and batch 1 the two modes differ only by Q1, Q2, Q7, Q5a and Q5b. The optimiser quirks (a head never
 stepped, an optimiser built on the wrong head) belong to the training task, not to this module.
 
+The asymmetric extension (TPAMI 2024, ``contrast="asymmetric"``) is **our reconstruction**: the paper's
+exact loss is not available to us, only its abstract, which reports that non-local background patches
+have a higher intrinsic dimension than rain patches and that the loss should model the two layers'
+different compactness. Here the layer contrastive loss keeps its SupCon terms but (1) each anchor's
+logits use its class's temperature, τ_B/τ_R = ID_B/ID_R around the geometric mean τ (``id_ratio``,
+measured by ``derainkit.metrics.intrinsic_dim``; or explicit ``tau_background``/``tau_rain``): compact
+rain is pulled together sharply, diverse background softly; and (2) the loss is the weighted sum of the
+per-class mean anchor losses (``weight_background``, ``weight_rain``), so the 8 background anchors count
+as much as the 128 rain ones. With equal temperatures and weights 8/136, 128/136 it is the symmetric loss.
+
 Entry points: ``nlcl_forward`` (B̂, R̂, idt_B), ``discriminator_losses`` and ``generator_losses`` (the D
 step and the G step, called separately by a training task in the official order forward → D step →
 G step), and ``nlcl_objective`` (both on one forward, as the official ``data_dependent_initialize``).
@@ -97,6 +107,14 @@ class NLCLLossConfig:
     gen_layers: tuple[int, ...] = (0, 2, 4, 8, 12)  # official gen_nce_layers (G_B Sequential indices)
     adv_layers: tuple[int, ...] = (0, 3, 7, 11)  # official adv_nce_layers (D Sequential indices)
     nce_idt: bool = True  # official CUT mode: LocNCE also on (B_real, G_B(B_real))
+    # The TPAMI 2024 extension, our reconstruction from its abstract (module docstring): "asymmetric" gives
+    # background- and rain-anchored terms their own temperature and weight.
+    contrast: str = "symmetric"  # symmetric (CVPR 2022, official) | asymmetric
+    id_ratio: float | None = None  # measured ID(background) / ID(rain): sets the two temperatures
+    tau_background: float | None = None  # explicit temperatures (override id_ratio)
+    tau_rain: float | None = None
+    weight_background: float = 1.0  # asymmetric: each class's mean anchor loss, weighted
+    weight_rain: float = 1.0
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "NLCLLossConfig":
@@ -127,6 +145,27 @@ class NLCLLossConfig:
             layers = getattr(self, key)
             if not layers or list(layers) != sorted(set(layers)):
                 raise ConfigError(f"NLCL loss config {key!r} must be increasing and distinct, got {list(layers)}")
+        if self.contrast not in ("symmetric", "asymmetric"):
+            raise ConfigError(f"NLCL loss config contrast={self.contrast!r}: expected symmetric or asymmetric")
+        for key in ("id_ratio", "tau_background", "tau_rain"):
+            v = getattr(self, key)
+            if v is not None and not (isinstance(v, (int, float)) and v > 0):
+                raise ConfigError(f"NLCL loss config {key}={v!r} must be a positive number or null")
+        if min(self.weight_background, self.weight_rain) < 0:
+            raise ConfigError("NLCL loss config: weight_background and weight_rain must be >= 0")
+
+    def layer_temperatures(self) -> tuple[float, float]:
+        """(τ_background, τ_rain) of the layer contrastive loss. Symmetric: both ``tau``. Asymmetric: the
+        explicit values, else from ``id_ratio`` = ID_B/ID_R: τ_B/τ_R = ID_B/ID_R around the geometric mean
+        ``tau`` (the more intrinsic dimensions a class spans, the softer its pull), else both ``tau``."""
+        if self.contrast == "symmetric":
+            return self.tau, self.tau
+        if self.id_ratio is not None:
+            r = float(self.id_ratio) ** 0.5
+            tb, tr = self.tau * r, self.tau / r
+        else:
+            tb, tr = self.tau, self.tau
+        return (self.tau_background or tb), (self.tau_rain or tr)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -159,6 +198,25 @@ def patch_nce(q: torch.Tensor, k: torch.Tensor, tau: float, faithful: bool) -> t
     logits = torch.cat([l_pos, l_neg], dim=2) / tau
     target = torch.zeros(logits.shape[0] * logits.shape[1], dtype=torch.long, device=q.device)
     return F.cross_entropy(logits.flatten(0, 1), target, reduction="none").view(q.shape[:2])
+
+
+def asymmetric_supcon_loss(z_back: torch.Tensor, z_rain: torch.Tensor, tau_back: float, tau_rain: float,
+                           weight_back: float = 1.0, weight_rain: float = 1.0) -> torch.Tensor:
+    """Per-image asymmetric SupCon (our reconstruction of the TPAMI 2024 loss): the same "L_out" terms as
+    :func:`supcon_loss`, but each anchor's logits use its class's temperature, and the loss is
+    w_B·mean over background anchors + w_R·mean over rain anchors (so the 8 background anchors are not
+    outvoted by the 128 rain ones). Equal τs and weights ∝ class sizes give back the symmetric loss."""
+    z = torch.cat([z_back, z_rain], dim=1)
+    n, npos = z.shape[1], z_back.shape[1]
+    labels = torch.arange(n, device=z.device) < npos
+    tau = torch.where(labels, torch.tensor(tau_back, device=z.device), torch.tensor(tau_rain, device=z.device))
+    logits = torch.bmm(z, z.transpose(1, 2)) / tau.to(z.dtype)[None, :, None]
+    logits = logits - logits.max(dim=2, keepdim=True).values.detach()
+    not_self = ~torch.eye(n, dtype=torch.bool, device=z.device)
+    positive = (labels[:, None] == labels[None, :]) & not_self
+    log_prob = logits - torch.log((torch.exp(logits) * not_self).sum(2, keepdim=True))
+    per_anchor = -(log_prob * positive).sum(2) / positive.sum(1)
+    return weight_back * per_anchor[:, :npos].mean(1) + weight_rain * per_anchor[:, npos:].mean(1)
 
 
 def supcon_loss(z_back: torch.Tensor, z_rain: torch.Tensor, tau: float) -> torch.Tensor:
@@ -229,7 +287,11 @@ def layer_nce(nets: nn.Module, background: torch.Tensor, rain: torch.Tensor, anc
     for i in range(len(cfg.adv_layers)):  # faithful: zip drops the list's fifth entry (Q1)
         zb = _embed(nets.adv_back_head, i, feats_b[i], pos, hw, cfg.faithful)
         zr = _embed(nets.adv_rain_head, i, feats_r[i], neg, hw, cfg.faithful)
-        per_image = supcon_loss(zb, zr, cfg.tau)
+        if cfg.contrast == "asymmetric":
+            per_image = asymmetric_supcon_loss(zb, zr, *cfg.layer_temperatures(), cfg.weight_background,
+                                               cfg.weight_rain)
+        else:
+            per_image = supcon_loss(zb, zr, cfg.tau)
         per_layer.append(per_image.sum() if cfg.faithful else per_image.mean())
     values = torch.stack(per_layer)
     return values.sum() / len(per_layer) * cfg.lambda_dis, values * cfg.lambda_dis

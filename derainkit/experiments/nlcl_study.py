@@ -112,6 +112,13 @@ def _estimate(d: dict):
     return IDEstimate(**d)
 
 
+def id_ratio(record: dict[str, Any], method: str = "twonn") -> float:
+    """ID(background) / ID(rain) of the first study in an :func:`intrinsic_dimension` record (the asymmetric
+    NLCL loss sets its two temperatures from it), rounded to 2 decimals so that runs name the same config."""
+    study = next(iter(record["studies"].values()))
+    return round(study["background"][method]["dimension"] / study["rain"][method]["dimension"], 2)
+
+
 def id_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
     """Table rows of an :func:`intrinsic_dimension` record."""
     rows = []

@@ -48,7 +48,7 @@ class ModelSpec:
     infer_bytes_per_pixel: float  # measured peak inference memory per input pixel (fp32, CPU)
     uses_exemplar: bool = False  # the family has an exemplar input (forward(x, exemplar=...))
     default_weights: Path | None = None  # weights shipped with the kit, if any
-    task: str = "paired"  # the training task (derainkit.train.tasks) that trains it by default
+    task: str = "paired"  # the training task that trains it by default (a name in the tasks registry of train)
     exemplar_on: Callable[[Any], bool] | None = None  # from a config: is the exemplar branch on?
     # Its own paper's training recipe as run-config overrides (loss, optimizer, lr, schedule, crop ...), or
     # "module:NAME" of such a dict (read when asked for); `derainkit train --model NAME` starts from it.

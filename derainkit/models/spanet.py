@@ -61,7 +61,7 @@ IRNN_IMPLEMENTATIONS = ("fast", "loop")
 CHANNELS = 32
 _GATED = (4, 7, 10, 13)  # first block gated by attention maps 1..4 (each gates three blocks)
 
-# The paper's training recipe as run-config overrides (derainkit.train.config.RunConfig keys).
+# The paper's training recipe as run-config overrides (RunConfig keys).
 # Sources: official main.py (Adam lr 5e-3, MultiStepLR at 30,000 of 40,001 steps, gamma 0.1, batch 16)
 # and dataset.py (RandomResizedCrop(256), scale 0.8-1); the README says the release stops at 40K
 # steps "for generalization". The paper's loss is MSE + SSIM on the image plus an MSE attention loss;

@@ -142,7 +142,7 @@ def test_strict_configs_presets_and_round_trip(name):
         assert cfg.from_dict(c.to_dict()) == c
     assert cfg.from_dict(None) == cfg()
     assert set(module.RECIPE) <= {"loss", "optimizer", "lr", "lr_milestones", "lr_gamma", "crop", "batch", "epochs",
-                                  "iterations", "seed"}
+                                  "iterations", "seed", "lr_policy", "lr_decay_every", "lr_floor"}
     assert module.RECIPE["loss"] in {**LOSSES, **PEER_LOSSES}
 
 

@@ -52,8 +52,13 @@ class Predictor:
     def __call__(self, pixels: np.ndarray, progress: bool = False) -> tuple[np.ndarray, TilePlan]:
         plan = self.plan(*pixels.shape[:2])
         if self.whole_frame_norm and plan.tile is not None:
+            import dataclasses
+
             from derainkit.infer.frame_norm import frame_norm_tiled
 
+            # exact halos, nothing blended: record what was done
+            plan = dataclasses.replace(plan, overlap=0, blend="frame-norm",
+                                       reason=f"{plan.reason}; whole-frame InstanceNorm statistics")
             out = frame_norm_tiled(self.model, image_to_tensor(pixels), plan, self.device, progress=progress)
         else:
             out = run_tiled(lambda x: self._forward(self.model, x), image_to_tensor(pixels), plan, self.device,

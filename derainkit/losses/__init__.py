@@ -11,6 +11,10 @@ Peers' own losses (their recipes name them): ``spanet`` (image + attention), ``s
 ``spanet_l1_ssim``, ``drn_stagewise_ssim``, ``rescan_stagewise_mse``, ``mspfn``, ``rcdnet_stages``.
 The multi-output ones are :class:`ModelLoss` objects saying what the model must return.
 
+NLCL's unpaired objective (adversarial + contrastive) is not a (pred, target) loss: it lives in
+``derainkit.losses.nlcl`` and the ``nlcl`` training task calls it; UniRain's per-type reweighting is in
+``derainkit.losses.reweighting``.
+
 Every loss is computed in float32 whatever the autocast dtype of the prediction, so a bf16 forward
 does not lose the small SSIM differences the gradient depends on.
 """

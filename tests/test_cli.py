@@ -12,7 +12,7 @@ from PIL import Image
 
 from derainkit.cli import main
 from derainkit.io import load_image, write_image
-from derainkit.models.prenet import PReNet, PReNetConfig
+from derainkit.models.prenet import PReNet
 
 
 @pytest.fixture

@@ -186,7 +186,7 @@ def test_spanet_official_weights_load_strictly(shared, tmp_path):
     path = shared(*SPANET_WEIGHTS)
     model = load_spanet_weights(SPANet(), path)
     assert set(torch.load(path, map_location="cpu", weights_only=True)["net"]) == set(model.state_dict())
-    with pytest.raises(CheckpointError, match=r"latest: not SPANet weights for .*missing \['SAM2"):
+    with pytest.raises(CheckpointError, match=r"latest: does not fit SPANet .*missing \['SAM2"):
         load_spanet_weights(SPANet(SPANetConfig(shared_sam=False)), path)
 
 

@@ -34,7 +34,6 @@ arithmetic everywhere).
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from pathlib import Path

@@ -67,7 +67,7 @@ All return ``dict[str, 0-d tensor]``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn

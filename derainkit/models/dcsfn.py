@@ -52,9 +52,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from derainkit.errors import CheckpointError, ConfigError
+from derainkit.errors import ConfigError
 from derainkit.strictconfig import coerce_fields, strict_from_dict
-from derainkit.weights import read_state_dict
+from derainkit.weights import load_weights_file
 
 RECURRENT_UNITS = ("gru", "lstm", "rnn")
 PRESETS: dict[str, dict[str, Any]] = {
@@ -284,13 +284,7 @@ class DCSFN(nn.Module):
 
 def load_dcsfn_weights(model: DCSFN, path: str | Path) -> DCSFN:
     """Load kit weights (``.safetensors`` export or kit checkpoint) strictly; CheckpointError names the file."""
-    state = read_state_dict(path)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: does not fit DCSFN {model.config}: "
-                              f"{str(exc).splitlines()[-1].strip()[:300]}") from None
-    return model
+    return load_weights_file(model, path, "DCSFN")
 
 
 __all__ = ["DCSFN", "DCSFNConfig", "PRESETS", "RECIPE", "load_dcsfn_weights"]

@@ -32,9 +32,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from derainkit.errors import CheckpointError, ConfigError
+from derainkit.errors import ConfigError
 from derainkit.strictconfig import coerce_fields, strict_from_dict
-from derainkit.weights import read_state_dict
+from derainkit.weights import load_weights_file
 
 # The official training recipe as run-config overrides (train_Rain100L.py, DerainDataset.py): Adam at
 # 1e-3, MultiStepLR at epochs 30, 50, 80 of 100 with gamma 0.5, batch 16, 100×100 patches (stride 80,
@@ -105,17 +105,7 @@ class DRN(nn.Module):
 
 def load_drn_weights(model: DRN, path: str | Path) -> DRN:
     """Load official DRN weights (``net_latest.pth``, plain or DataParallel) or kit weights, strict keys."""
-    path = Path(path)
-    state = read_state_dict(path)
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        reason = str(exc).splitlines()[-1].strip()
-        raise CheckpointError(f"{path}: does not fit DRN {model.config}: {reason}") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(f"{path}: not DRN weights: missing {result.missing_keys[:6]}, "
-                              f"unexpected {result.unexpected_keys[:6]}")
-    return model
+    return load_weights_file(model, path, "DRN")
 
 
 __all__ = ["DRN", "DRNConfig", "RECIPE", "load_drn_weights"]

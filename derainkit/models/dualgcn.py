@@ -43,9 +43,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from derainkit.errors import CheckpointError, ConfigError
+from derainkit.errors import ConfigError
 from derainkit.strictconfig import coerce_fields, strict_from_dict
-from derainkit.weights import read_state_dict
+from derainkit.weights import load_weights_file
 
 PRESETS: dict[str, dict[str, Any]] = {
     "official": {},
@@ -180,13 +180,7 @@ class DualGCN(nn.Module):
 
 def load_dualgcn_weights(model: DualGCN, path: str | Path) -> DualGCN:
     """Load kit weights (``.safetensors`` export or kit checkpoint) strictly; CheckpointError names the file."""
-    state = read_state_dict(path)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: does not fit DualGCN {model.config}: "
-                              f"{str(exc).splitlines()[-1].strip()[:300]}") from None
-    return model
+    return load_weights_file(model, path, "DualGCN")
 
 
 __all__ = ["DualGCN", "DualGCNConfig", "PRESETS", "RECIPE", "load_dualgcn_weights"]

@@ -60,9 +60,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from derainkit.errors import CheckpointError, ConfigError
+from derainkit.errors import ConfigError
 from derainkit.strictconfig import coerce_fields, strict_from_dict
-from derainkit.weights import read_state_dict
+from derainkit.weights import load_weights_file
 
 VARIANTS = ("cvpr2021", "stochastic")
 ODD_SIZE = ("pad", "resize")
@@ -331,13 +331,7 @@ class MOSS(nn.Module):
 
 def load_moss_weights(model: MOSS, path: str | Path) -> MOSS:
     """Load kit weights (``.safetensors`` export or kit checkpoint) strictly; CheckpointError names the file."""
-    state = read_state_dict(path)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: does not fit MOSS {model.config}: "
-                              f"{str(exc).splitlines()[-1].strip()[:300]}") from None
-    return model
+    return load_weights_file(model, path, "MOSS")
 
 
 __all__ = ["MOSS", "MOSSConfig", "PRESETS", "RECIPE", "VARIANTS", "load_moss_weights"]

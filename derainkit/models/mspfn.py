@@ -60,9 +60,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from derainkit.errors import CheckpointError, ConfigError
+from derainkit.errors import ConfigError
 from derainkit.strictconfig import coerce_fields, strict_from_dict
-from derainkit.weights import read_state_dict
+from derainkit.weights import load_weights_file
 
 PRESETS: dict[str, dict[str, Any]] = {
     "official": {},
@@ -290,13 +290,7 @@ class MSPFN(nn.Module):
 
 def load_mspfn_weights(model: MSPFN, path: str | Path) -> MSPFN:
     """Load kit weights (``.safetensors`` export or kit checkpoint) strictly; CheckpointError names the file."""
-    state = read_state_dict(path)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: does not fit MSPFN {model.config}: "
-                              f"{str(exc).splitlines()[-1].strip()[:300]}") from None
-    return model
+    return load_weights_file(model, path, "MSPFN")
 
 
 __all__ = ["LR_SCHEDULE", "MSPFN", "MSPFNConfig", "PRESETS", "RECIPE", "load_mspfn_weights"]

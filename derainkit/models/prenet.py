@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from derainkit.errors import CheckpointError, ConfigError
 from derainkit.strictconfig import coerce_fields, strict_from_dict
-from derainkit.weights import read_state_dict
+from derainkit.weights import load_state_strict, read_state_dict
 
 _GATES = ("i", "f", "g", "o")  # input, forget, cell candidate, output
 
@@ -186,12 +186,4 @@ def load_prenet_weights(model: PReNet, path: str | Path) -> PReNet:
             state = official_to_kit(state)
         except CheckpointError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        raise CheckpointError(f"{path}: does not fit {model.config}: {str(exc).splitlines()[-1].strip()}") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"{path}: does not fit {model.config}: missing {result.missing_keys[:8]}, "
-            f"unexpected {result.unexpected_keys[:8]}")
-    return model
+    return load_state_strict(model, state, path, str(model.config))

@@ -62,9 +62,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from derainkit.errors import CheckpointError, ConfigError
+from derainkit.errors import ConfigError
 from derainkit.strictconfig import coerce_fields, strict_from_dict
-from derainkit.weights import read_state_dict
+from derainkit.weights import load_weights_file
 
 RGB_RANGE = 255.0  # the official framework's rgb_range
 PRESETS: dict[str, dict[str, Any]] = {
@@ -236,13 +236,7 @@ class RCDNet(nn.Module):
 
 def load_rcdnet_weights(model: RCDNet, path: str | Path) -> RCDNet:
     """Load kit weights (``.safetensors`` export or kit checkpoint) strictly; CheckpointError names the file."""
-    state = read_state_dict(path)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{path}: does not fit RCDNet {model.config}: "
-                              f"{str(exc).splitlines()[-1].strip()[:300]}") from None
-    return model
+    return load_weights_file(model, path, "RCDNet")
 
 
 __all__ = ["PRESETS", "RECIPE", "RCDNet", "RCDNetConfig", "RCDNetStages", "STAGE_LOSS", "initial_rain_kernels",

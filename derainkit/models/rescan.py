@@ -37,9 +37,9 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from derainkit.errors import CheckpointError, ConfigError
+from derainkit.errors import ConfigError
 from derainkit.strictconfig import coerce_fields, strict_from_dict
-from derainkit.weights import read_state_dict
+from derainkit.weights import load_weights_file
 
 UNITS = ("Conv", "RNN", "GRU", "LSTM")
 FRAMES = ("full", "add")
@@ -212,17 +212,7 @@ class RESCAN(nn.Module):
 
 def load_rescan_weights(model: RESCAN, path: str | Path) -> RESCAN:
     """Load kit weights or a checkpoint of the official code (``{'net': state_dict, ...}``), strict keys."""
-    path = Path(path)
-    state = read_state_dict(path)
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        reason = str(exc).splitlines()[-1].strip()
-        raise CheckpointError(f"{path}: does not fit RESCAN {model.config}: {reason}") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(f"{path}: not RESCAN weights for {model.config}: missing {result.missing_keys[:6]}, "
-                              f"unexpected {result.unexpected_keys[:6]}")
-    return model
+    return load_weights_file(model, path, "RESCAN")
 
 
 __all__ = ["RECIPE", "RESCAN", "RESCANConfig", "load_rescan_weights"]

@@ -51,10 +51,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from derainkit.errors import CheckpointError, ConfigError
+from derainkit.errors import ConfigError
 from derainkit.models.irnn import DIRECTIONS, irnn, irnn_loop
 from derainkit.strictconfig import coerce_fields, strict_from_dict
-from derainkit.weights import read_state_dict
+from derainkit.weights import load_weights_file
 
 ATTENTION_MODES = ("discarded", "applied")
 IRNN_IMPLEMENTATIONS = ("fast", "loop")
@@ -229,17 +229,7 @@ class SPANet(nn.Module):
 def load_spanet_weights(model: SPANet, path: str | Path) -> SPANet:
     """Load the official SPANet checkpoint (``{'net': state_dict, 'clock', 'opt'}``, plain or DataParallel)
     or kit weights, with strict keys. Only tensors are unpickled (``weights_only=True``)."""
-    path = Path(path)
-    state = read_state_dict(path)  # unwraps 'net' and 'module.'
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        reason = str(exc).splitlines()[-1].strip()
-        raise CheckpointError(f"{path}: does not fit SPANet {model.config}: {reason}") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(f"{path}: not SPANet weights for {model.config}: missing {result.missing_keys[:6]}, "
-                              f"unexpected {result.unexpected_keys[:6]}")
-    return model
+    return load_weights_file(model, path, "SPANet")
 
 
 __all__ = ["RECIPE", "SAM", "SPANet", "SPANetConfig", "SpatialIRNN", "load_spanet_weights"]

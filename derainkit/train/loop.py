@@ -317,7 +317,7 @@ class _Run:
     def _iterate(self, task: TrainingTask, sampler, start: int, stop: int, total: int, prog: _Progress,
                  validator: Optional[_Validator], run_dir: Path, columns: list[str],
                  input_metrics: dict) -> Optional[Path]:
-        cfg, main = self.cfg, self.d.main
+        cfg = self.cfg
         checkpoint = None
         first_optimizer = next(iter(task.optimizers.values()))
         bar = tqdm(total=total, initial=start, desc=f"train {cfg.model} {self.hash}", unit="it",

@@ -157,6 +157,25 @@ def read_state_dict(path: str | Path, module: str = "model") -> dict[str, torch.
     return {str(k).removeprefix("module."): v for k, v in obj.items()}
 
 
+def load_state_strict(model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | Path,
+                      what: str) -> torch.nn.Module:
+    """``model.load_state_dict(state, strict=True)`` with one CheckpointError line naming the file: which
+    keys are missing or unexpected, or which shape does not fit ``what`` (e.g. "DRN DRNConfig(...)")."""
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise CheckpointError(f"{path}: does not fit {what}: {str(exc).splitlines()[-1].strip()[:300]}") from None
+    if result.missing_keys or result.unexpected_keys:
+        raise CheckpointError(f"{path}: does not fit {what}: missing {result.missing_keys[:8]}, "
+                              f"unexpected {result.unexpected_keys[:8]}")
+    return model
+
+
+def load_weights_file(model: torch.nn.Module, path: str | Path, name: str) -> torch.nn.Module:
+    """The common weights loader: any file :func:`read_state_dict` reads, loaded strictly into ``model``."""
+    return load_state_strict(model, read_state_dict(path), path, f"{name} {getattr(model, 'config', '')}".strip())
+
+
 __all__ = ["METADATA_KEY", "SHIPPED_DIR", "export_safetensors", "read_exported", "read_metadata", "read_state_dict",
-           "safetensors_bytes", "shipped", "state_of", "unwrap"]
+           "load_state_strict", "load_weights_file", "safetensors_bytes", "shipped", "state_of", "unwrap"]
 

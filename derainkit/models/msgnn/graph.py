@@ -40,7 +40,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from derainkit.knn.patches import extract_patches, fold_patches, patch_grid
+from derainkit.knn.patches import extract_patches, fold_patches
 from derainkit.knn.search import Window, knn
 from derainkit.models.msgnn.blocks import DenseResidual, conv3x3
 from derainkit.models.msgnn.config import MSGNNConfig

@@ -20,7 +20,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from derainkit.errors import CheckpointError
 from derainkit.models.unirain.blocks import GDFN, Downsample, TransformerBlock, Upsample
 from derainkit.models.unirain.config import UniRainConfig
 from derainkit.models.unirain.moe import HardMoE, Routing, SoftMoE, _MoE
@@ -139,15 +138,6 @@ def count_parameters(model: nn.Module) -> int:
 
 def load_unirain_weights(model: UniRain, path: str | Path) -> UniRain:
     """Kit weights (``.safetensors`` export, training checkpoint or state_dict ``.pth``); strict."""
-    from derainkit.weights import read_state_dict
+    from derainkit.weights import load_weights_file
 
-    path = Path(path)
-    state = read_state_dict(path)
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:  # shape mismatches
-        raise CheckpointError(f"{path}: does not fit {model.config}: {str(exc).splitlines()[-1].strip()}") from None
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(f"{path}: does not fit {model.config}: missing {result.missing_keys[:8]}, "
-                              f"unexpected {result.unexpected_keys[:8]}")
-    return model
+    return load_weights_file(model, path, "UniRain")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Mapping, Sequence
 
 import torch
@@ -184,6 +185,19 @@ class TrainingTask:
     def manifests(self) -> dict[str, Sequence["Pair"]]:
         """Data manifests (file name -> pairs) written into the run folder; the first is the training set's."""
         return {}
+
+    def build_network(self, spec: Any, config: Any) -> nn.Module:
+        """``spec.build(config)`` with the run's ``init_weights``, on the device, in the run's memory format,
+        after checking that its batch × crop² can fit in memory: the network a supervised task trains."""
+        run = self.run
+        model = spec.build(config)
+        if run.init_weights:
+            spec.load_weights(model, Path(run.init_weights))
+        model = model.to(self.ctx.device)
+        if run.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        check_training_memory(spec, run, self.ctx)
+        return model.train()
 
     def allreduce_grads(self, params: Iterable[torch.nn.Parameter]) -> None:
         """Average the gradients of ``params`` over the processes, for tasks that step several networks

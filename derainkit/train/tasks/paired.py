@@ -9,7 +9,6 @@ are run-config keys: they predate training tasks and name the runs already store
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -17,7 +16,7 @@ import torch
 from derainkit.errors import ConfigError
 from derainkit.losses import ModelLoss
 from derainkit.strictconfig import strict_from_dict
-from derainkit.train.tasks.base import TrainingTask, check_training_memory, make_optimizer
+from derainkit.train.tasks.base import TrainingTask, make_optimizer
 
 
 @dataclass(frozen=True)
@@ -62,17 +61,10 @@ class PairedTask(TrainingTask):
             self.ctx.notes.append(f"model {run.model!r} takes no exemplar: exemplar policy {run.exemplar!r} unused")
 
     def build(self) -> None:
-        run = self.run
-        model = self.spec.build(self.model_config)
-        if run.init_weights:
-            self.spec.load_weights(model, Path(run.init_weights))
-        model = model.to(self.ctx.device)
-        if run.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        model = self.build_network(self.spec, self.model_config)
         self._check_crop(model)
-        check_training_memory(self.spec, run, self.ctx)
-        self.modules = {"model": model.train()}
-        self.optimizers = {"model": make_optimizer(run, model.parameters())}
+        self.modules = {"model": model}
+        self.optimizers = {"model": make_optimizer(self.run, model.parameters())}
 
     def _check_crop(self, model: torch.nn.Module) -> None:
         min_side = getattr(model, "min_input_side", None)

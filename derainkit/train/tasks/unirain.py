@@ -51,7 +51,7 @@ from derainkit.errors import CheckpointError, ConfigError, DatasetError
 from derainkit.losses.reweighting import LossReweighter, ReweightConfig
 from derainkit.strictconfig import coerce_fields, strict_from_dict, to_plain_dict
 from derainkit.train.dataset import TrainingSet
-from derainkit.train.tasks.base import TrainingTask, check_training_memory, make_optimizer
+from derainkit.train.tasks.base import TrainingTask, make_optimizer
 
 SAMPLINGS = ("mixed", "balanced")
 AUGMENTS = ("code", "none")
@@ -271,17 +271,10 @@ class UniRainTask(TrainingTask):
         return self.sampler, len(self.sampler)
 
     def build(self) -> None:
-        run = self.run
-        model = self.spec.build(self.model_config)
-        if run.init_weights:
-            self.spec.load_weights(model, Path(run.init_weights))
-        model = model.to(self.ctx.device)
-        if run.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        check_training_memory(self.spec, run, self.ctx)
+        model = self.build_network(self.spec, self.model_config)
         self.takes_noise = "noise" in inspect.signature(model.forward).parameters
-        self.modules = {"model": model.train()}
-        self.optimizers = {"model": make_optimizer(run, model.parameters())}
+        self.modules = {"model": model}
+        self.optimizers = {"model": make_optimizer(self.run, model.parameters())}
         self.reweighter = LossReweighter(self.config.types, self.config.reweight_config())
         self._val_images = {t: [self._val_tensors(r, c) for r, c in zip(s.rainy, s.clean)]
                             for t, s in self.val_sets.items()}

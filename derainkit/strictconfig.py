@@ -43,13 +43,22 @@ def load_yaml(text: str, where: str) -> Any:
         raise ConfigError(f"{where}: not valid YAML/JSON ({' '.join(str(exc).split())})") from None
 
 
-def strict_from_dict(cls: type[T], data: Mapping[str, Any] | None, what: str, sort_valid: bool = False) -> T:
+def strict_from_dict(cls: type[T], data: Mapping[str, Any] | None, what: str, sort_valid: bool = False,
+                     presets: Mapping[str, Mapping[str, Any]] | None = None, default_preset: str = "official") -> T:
     """``cls(**data)`` after refusing unknown keys (ConfigError: ``unknown <what> key(s) [...]; valid keys:
-    [...]``); ``None`` gives the defaults."""
-    if data is None:
+    [...]``); ``None`` gives the defaults. With ``presets``, a ``preset`` key (default ``default_preset``)
+    names a dict of values that the other keys given override."""
+    if data is None and presets is None:
         return cls()
+    data = {} if data is None else data
     if not isinstance(data, Mapping):
         raise ConfigError(f"{what} must be a mapping of keys to values, got {type(data).__name__}")
+    if presets is not None:
+        data = dict(data)
+        preset = data.pop("preset", default_preset)
+        if preset not in presets:
+            raise ConfigError(f"{what}: preset={preset!r}; expected one of {list(presets)}")
+        data = {**presets[preset], **data}
     valid = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(str(k) for k in data if k not in valid)
     if unknown:

@@ -66,7 +66,7 @@ All return ``dict[str, 0-d tensor]``.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 import torch
@@ -74,6 +74,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from derainkit.errors import ConfigError
+from derainkit.strictconfig import coerce_fields, strict_from_dict
 from derainkit.losses.nonlocal_sampling import (
     PATCH_SIZE,
     SEARCH_SIZE,
@@ -118,19 +119,15 @@ class NLCLLossConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "NLCLLossConfig":
-        d = dict(d or {})
-        valid = sorted(f.name for f in fields(cls))
-        unknown = sorted(set(d) - set(valid))
-        if unknown:
-            raise ConfigError(f"unknown NLCL loss config key(s) {unknown}; valid keys: {valid}")
         for key in ("gen_layers", "adv_layers"):
-            if key in d:
-                if not isinstance(d[key], (list, tuple)) or not all(isinstance(i, int) for i in d[key]):
-                    raise ConfigError(f"NLCL loss config {key!r} must be a list of integers, got {d[key]!r}")
-                d[key] = tuple(d[key])
-        cfg = cls(**d)
-        cfg.validate()
-        return cfg
+            v = (d or {}).get(key)
+            if v is not None and (not isinstance(v, (list, tuple)) or not all(isinstance(i, int) for i in v)):
+                raise ConfigError(f"NLCL loss config {key!r} must be a list of integers, got {v!r}")
+        return strict_from_dict(cls, d, "NLCL loss config", sort_valid=True)
+
+    def __post_init__(self) -> None:
+        coerce_fields(self, prefix="NLCL loss config ")
+        self.validate()
 
     def validate(self) -> None:
         if self.tau <= 0 or min(self.lambda_gan, self.lambda_nce, self.lambda_dis, self.lambda_mse,

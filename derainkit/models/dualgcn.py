@@ -77,11 +77,7 @@ class DualGCNConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "DualGCNConfig":
         """Strict: unknown keys raise ConfigError. ``preset`` (official|small) fills the keys not given."""
-        d = dict(d or {})
-        preset = d.pop("preset", "official")
-        if preset not in PRESETS:
-            raise ConfigError(f"DualGCN config: preset={preset!r}; expected one of {list(PRESETS)}")
-        return strict_from_dict(cls, {**PRESETS[preset], **d}, "DualGCN config", sort_valid=True)
+        return strict_from_dict(cls, d, "DualGCN config", sort_valid=True, presets=PRESETS)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

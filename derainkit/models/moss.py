@@ -140,11 +140,7 @@ class MOSSConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "MOSSConfig":
         """Strict: unknown keys raise ConfigError. ``preset`` (official|small|stochastic-small) fills keys not given."""
-        d = dict(d or {})
-        preset = d.pop("preset", "official")
-        if preset not in PRESETS:
-            raise ConfigError(f"MOSS config: preset={preset!r}; expected one of {list(PRESETS)}")
-        return strict_from_dict(cls, {**PRESETS[preset], **d}, "MOSS config", sort_valid=True)
+        return strict_from_dict(cls, d, "MOSS config", sort_valid=True, presets=PRESETS)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

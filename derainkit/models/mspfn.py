@@ -113,11 +113,7 @@ class MSPFNConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "MSPFNConfig":
         """Strict: unknown keys raise ConfigError. ``preset`` (official|m17n1|small) fills keys not given."""
-        d = dict(d or {})
-        preset = d.pop("preset", "official")
-        if preset not in PRESETS:
-            raise ConfigError(f"MSPFN config: preset={preset!r}; expected one of {list(PRESETS)}")
-        return strict_from_dict(cls, {**PRESETS[preset], **d}, "MSPFN config", sort_valid=True)
+        return strict_from_dict(cls, d, "MSPFN config", sort_valid=True, presets=PRESETS)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

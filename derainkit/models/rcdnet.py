@@ -108,11 +108,7 @@ class RCDNetConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "RCDNetConfig":
         """Strict: unknown keys raise ConfigError. ``preset`` (official|small) fills the keys not given."""
-        d = dict(d or {})
-        preset = d.pop("preset", "official")
-        if preset not in PRESETS:
-            raise ConfigError(f"RCDNet config: preset={preset!r}; expected one of {list(PRESETS)}")
-        return strict_from_dict(cls, {**PRESETS[preset], **d}, "RCDNet config", sort_valid=True)
+        return strict_from_dict(cls, d, "RCDNet config", sort_valid=True, presets=PRESETS)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

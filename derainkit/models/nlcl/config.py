@@ -18,10 +18,11 @@ Which feature layers the losses use (and the official code's quirks there) is th
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
 from derainkit.errors import ConfigError
+from derainkit.strictconfig import coerce_fields, strict_from_dict
 
 
 @dataclass(frozen=True)
@@ -32,21 +33,15 @@ class NLCLConfig:
     disc_layers: int = 3  # PatchGAN depth (official n_layers_D; "basic" = 3)
     head_channels: int = 256  # projection-head width (official netF_nc)
 
+    def __post_init__(self) -> None:
+        coerce_fields(self, prefix="NLCL config ")
+        if min(self.channels, self.disc_channels, self.head_channels, self.disc_layers) < 1 or self.res_blocks < 0:
+            raise ConfigError(f"invalid NLCL config {self.to_dict()}: widths and disc_layers must be >= 1, "
+                              f"res_blocks >= 0")
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> "NLCLConfig":
-        d = dict(d or {})
-        valid = sorted(f.name for f in fields(cls))
-        unknown = sorted(set(d) - set(valid))
-        if unknown:
-            raise ConfigError(f"unknown NLCL config key(s) {unknown}; valid keys: {valid}")
-        for key, value in d.items():
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ConfigError(f"NLCL config {key!r} must be an integer, got {value!r}")
-        cfg = cls(**d)
-        if min(cfg.channels, cfg.disc_channels, cfg.head_channels, cfg.disc_layers) < 1 or cfg.res_blocks < 0:
-            raise ConfigError(f"invalid NLCL config {cfg.to_dict()}: widths and disc_layers must be >= 1, "
-                              f"res_blocks >= 0")
-        return cfg
+        return strict_from_dict(cls, d, "NLCL config", sort_valid=True)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

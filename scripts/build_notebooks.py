@@ -383,7 +383,7 @@ display(Markdown(render_rows(lab.root, "unirain_per_type", f"UniRain variants pe
                              [f"Paper (RainRAG, quoted): soft/soft 27.91, asymmetric 28.93 dB (Table 6); reweighting "
                               f"+{paper.UNIRAIN_REWEIGHTING_GAIN_DB} dB (Table 5)"]).read_text()))
 if have_refs:
-    display(Markdown(f"Distillation keep-list `{distilled['version']}`: kept {distilled['kept']} of "
+    display(Markdown(f"Distillation keep-list `{distilled['keeplist_version']}`: kept {distilled['kept']} of "
                      f"{distilled['total']} pairs ({distilled['kept_by_type']}), record `{distilled['key']}`."))
     display(Markdown(render_rows(lab.root, "unirain_distill_validation",
                                  "Distillation filter on a pool with 30 % corrupted pairs (precision / recall of rejection)",

@@ -56,6 +56,9 @@ class Store:
         return rec
 
     def put(self, key: str, spec: Mapping[str, Any], result: Mapping[str, Any], wall_s: float) -> dict[str, Any]:
+        clash = sorted(set(result) & {"version", "key", "spec", "wall_seconds"})
+        if clash:  # a computation's own "version" would overwrite the record format's
+            raise DerainkitError(f"results record {key}: the result uses reserved keys {clash}")
         rec = {"version": RECORD_VERSION, "key": key, "spec": dict(spec), **dict(result),
                "wall_seconds": round(float(wall_s), 3)}
         atomic_write_text(self.record_path(key), json.dumps(rec, indent=1, sort_keys=True, default=str) + "\n",

@@ -77,7 +77,7 @@ def distillation(lab: Lab, pool: Path, references: str | Path, config: dict[str,
     def run(key: str, folder: Path) -> dict[str, Any]:
         keep = distill(candidates_from_rain_types(pool), references, cfg)
         keep.write(folder / "keeplist")
-        return {"keeplist": f"{key}/keeplist.json", "version": keep.version, "kept": len(keep.kept),
+        return {"keeplist": f"{key}/keeplist.json", "keeplist_version": keep.version, "kept": len(keep.kept),
                 "total": len(keep.rows), "kept_by_type": _by_type(keep.rows)}
 
     rec = lab.compute("distill", spec, run)

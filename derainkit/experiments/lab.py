@@ -336,21 +336,23 @@ class Lab:
         """The resized input stored beside a :meth:`derain_image` output."""
         return Path(record_key_png).parent / "input.png"
 
-    def training_cost(self, model: str, bench: str | Path = "results/bench/peers_step.csv") -> str:
+    def training_cost(self, model: str, bench: str | Path = "results/bench") -> str:
         """Why ``model`` is not trained in this profile, with the hours its schedule would take at the training
-        step time `make bench` measured (batch 8, 64×64; scaled by batch × crop² to the profile's)."""
+        step time `make bench` measured (``peers_step.csv``, else the quick run's; batch 8, 64×64, scaled
+        by batch × crop² to the profile's)."""
         import csv
 
         p = self.profile
-        seconds = None
-        path = Path(bench)
+        seconds, path = None, Path(bench)
         if not path.is_absolute():
             path = Path(__file__).resolve().parents[2] / path
-        if path.is_file():
-            with open(path, newline="") as fh:
-                row = next((r for r in csv.DictReader(fh) if r.get("model") == model and r.get("task") == "train_step"),
-                           None)
-            seconds = float(row["seconds"]) if row and row.get("seconds") else None
+        for name in ("peers_step.csv", "peers_step_quick.csv"):
+            if seconds is None and (path / name).is_file():
+                with open(path / name, newline="") as fh:
+                    row = next((r for r in csv.DictReader(fh)
+                                if r.get("model") == model and r.get("task") == "train_step" and r.get("seconds")), None)
+                if row:
+                    seconds, path = float(row["seconds"]), path / name
         if seconds is None or not p.iterations:
             return f"not trained in profile `{p.name}` (add it to train_peers; `make bench` measures its step)"
         scale = p.batch * p.crop ** 2 / (8 * 64 ** 2)

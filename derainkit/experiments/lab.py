@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from derainkit.errors import ConfigError, DerainkitError
 from derainkit.strictconfig import coerce_fields, strict_from_dict
-from derainkit.experiments.store import Store
+from derainkit.experiments.store import Store, is_planned
 
 _RESULTS_ENV = "DERAINKIT_RESULTS"
 _SCHEDULE_KEYS = ("crop", "batch", "iterations", "epochs", "seed")  # the profile's, for every row of a table
@@ -329,7 +330,9 @@ class Lab:
             return {"image": image.name, "size": list(pixels.shape[:2]), "tiling": plan.to_dict(),
                     "outputs": outputs, "provenance": self._provenance()}
 
-        rec = self.store.ensure(spec, compute, force=self.profile.force)
+        rec = self.store.ensure(spec, compute, force=self.profile.force, after=[record])
+        if is_planned(rec):  # a plan/fill walk: the image is made when its record is computed
+            return self.store.artefact_dir(rec["key"]) / "derained.png"
         return self.store.root / rec["outputs"]["derained"]
 
     def input_image(self, record_key_png: Path) -> Path:
@@ -362,9 +365,19 @@ class Lab:
 
     # ------------------------------------------------------------------ internals
     def _train(self, cfg) -> tuple[Path, dict[str, Any]]:
-        from derainkit.train import train
+        from derainkit.experiments.claims import Claim
 
         run_dir = cfg.run_dir()
+        # One trainer per run folder: two records can share a run (one model scored on two test sets), and
+        # two trainers appending to one log and checkpoint would corrupt both. Others wait for it.
+        while (claim := Claim.acquire(run_dir.with_name(run_dir.name + ".claim"))) is None:
+            time.sleep(self.store.poll_seconds)
+        with claim:
+            return self._train_claimed(cfg, run_dir)
+
+    def _train_claimed(self, cfg, run_dir: Path) -> tuple[Path, dict[str, Any]]:
+        from derainkit.train import train
+
         weights = run_dir / "model.safetensors"
         if weights.is_file() and not self.profile.force:
             return weights, {"run_dir": _rel(run_dir, self.root), "reused_weights": True}

@@ -13,9 +13,11 @@ with exit status 2. ``make <item>`` runs notebooks through this.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from derainkit.errors import ConfigError, DerainkitError, OneLineParser
 
@@ -41,6 +43,7 @@ def resolve_parameters(notebook: Path, profile: str | None, pairs: Sequence[tupl
         values = profile_values(profile)
         # a profile's values for one notebook's own parameters: `notebook_params: {<notebook stem>: {...}}`
         own = (values.pop("notebook_params", None) or {}).get(notebook.stem, {})
+        values.pop("cluster", None)  # Slurm settings of `fill` (derainkit.experiments.fill), not a parameter
         params.update({("profile" if k == "name" else k): v for k, v in values.items()})
         params.update(own)
     for name, text in pairs:
@@ -69,7 +72,7 @@ def _literal_defaults(values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def run(notebook: Path, output: Path, parameters: dict[str, Any], cwd: Path) -> None:
+def run(notebook: Path, output: Path, parameters: dict[str, Any], cwd: Path, progress: bool = True) -> None:
     import papermill
 
     from derainkit.fsutil import check_target
@@ -78,10 +81,37 @@ def run(notebook: Path, output: Path, parameters: dict[str, Any], cwd: Path) -> 
     output.parent.mkdir(parents=True, exist_ok=True)
     try:
         papermill.execute_notebook(str(notebook), str(output), parameters=parameters, cwd=str(cwd),
-                                   log_output=False, progress_bar=True)
+                                   log_output=False, progress_bar=progress)
     except papermill.PapermillExecutionError as exc:
         raise DerainkitError(f"{notebook}: cell {exc.exec_count} failed: {exc.ename}: {exc.evalue} "
                              f"(the executed copy is {output})") from None
+
+
+@contextlib.contextmanager
+def record_counts() -> Iterator[Callable[[], str]]:
+    """Count the store's events of the kernels started inside (``$DERAINKIT_STORE_LOG``): yields a function
+    that says "N records reused, M computed" (and waits, when a run waited for another worker's)."""
+    import json
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="derainkit-events-") as tmp:
+        log = Path(tmp) / "events.jsonl"
+        old = os.environ.get("DERAINKIT_STORE_LOG")
+        os.environ["DERAINKIT_STORE_LOG"] = str(log)
+
+        def counts() -> str:
+            events = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.is_file() else []
+            n = {name: len({e["key"] for e in events if e["event"] == name}) for name in ("reused", "computed")}
+            waited = len({e["key"] for e in events if e.get("waited")})
+            return (f"{n['reused']} records reused, {n['computed']} computed"
+                    + (f" ({waited} after waiting for another worker)" if waited else ""))
+        try:
+            yield counts
+        finally:
+            if old is None:
+                os.environ.pop("DERAINKIT_STORE_LOG", None)
+            else:
+                os.environ["DERAINKIT_STORE_LOG"] = old
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -98,7 +128,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.notebook.is_file():
             raise DerainkitError(f"{args.notebook}: notebook not found")
         params = resolve_parameters(args.notebook, args.profile, args.pairs)
-        run(args.notebook, args.output, params, args.cwd or args.notebook.parent)
+        with record_counts() as counts:
+            run(args.notebook, args.output, params, args.cwd or args.notebook.parent)
+            print(f"{args.notebook.stem}: {counts()}")
     except DerainkitError as exc:
         print(f"derainkit: error: {exc}", file=sys.stderr)
         return 2

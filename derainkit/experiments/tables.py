@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from derainkit.errors import DerainkitError
 from derainkit.experiments.paper_values import PAPER_PROTOCOL, Quoted
+from derainkit.experiments.store import writes_outputs
 from derainkit.fsutil import atomic_path, atomic_write_text
 
 
@@ -78,7 +81,7 @@ _CSV_FIELDS = ["item", "setting", "x", "source", "dataset", "protocol", "images"
 def render_table(out_dir: str | Path, item: str, title: str, rows: Sequence[Row], *, profile: str,
                  protocols: Sequence[str], test_data: str, caveat: str = "") -> Path:
     """Write ``<out_dir>/<item>.csv`` and ``<item>.md``; returns the Markdown path."""
-    out_dir = Path(out_dir)
+    out_dir = _output_dir(out_dir)
     flat = table_rows(item, rows, protocols, test_data)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=_CSV_FIELDS, lineterminator="\n")
@@ -219,6 +222,8 @@ def image_grid(out_png: str | Path, title: str, rows: Sequence[Sequence[tuple[st
         for ax in ax_row:
             ax.axis("off")
         for ax, (label, path) in zip(ax_row, images):
+            if not writes_outputs() and not Path(path).is_file():
+                continue  # a plan or fill walk: the image is one of the records not computed yet
             ax.imshow(read_image(path))
             ax.set_title(label, fontsize=8)
     fig.suptitle(title, fontsize=10)
@@ -231,7 +236,7 @@ def render_rows(out_dir: str | Path, item: str, title: str, rows: Sequence[Mappi
     """``<item>.csv`` and ``<item>.md`` of plain rows (one dict each, the same keys), for tables that are
     not PSNR/SSIM against a paper (NIQE of photos, intrinsic dimensions, verdicts). Floats print with
     4 decimals in the Markdown; the CSV keeps them whole. Returns the Markdown path."""
-    out_dir = Path(out_dir)
+    out_dir = _output_dir(out_dir)
     fields = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
@@ -247,6 +252,17 @@ def render_rows(out_dir: str | Path, item: str, title: str, rows: Sequence[Mappi
     return md
 
 
+def _output_dir(folder: str | Path) -> Path:
+    """Where tables and figures go: ``folder``, except during a plan or fill walk of a notebook, when the
+    committed ones must not change; they then go to ``$DERAINKIT_WALK_OUT`` (a scratch folder)."""
+    if writes_outputs():
+        return Path(folder)
+    scratch = os.environ.get("DERAINKIT_WALK_OUT")
+    if not scratch:
+        raise DerainkitError("a plan/fill walk needs $DERAINKIT_WALK_OUT (a scratch folder for its tables)")
+    return Path(scratch)
+
+
 def _pyplot():
     """matplotlib.pyplot on the file-only Agg backend (no display needed; notebooks show the PNGs)."""
     import matplotlib
@@ -260,7 +276,7 @@ def _pyplot():
 def _save(fig, out_png: str | Path) -> Path:
     plt = _pyplot()
 
-    out_png = Path(out_png)
+    out_png = _output_dir(Path(out_png).parent) / Path(out_png).name
     out_png.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_png) as tmp:
         # No Software/date metadata: unchanged records re-render byte-identical PNGs.

@@ -1,0 +1,268 @@
+"""What a reproduction will cost before it runs: walk notebooks without computing, list missing records.
+
+A *walk* executes an item's notebook with the store in ``plan`` (or ``fill``) mode (see
+:mod:`derainkit.experiments.store`): every record the notebook asks for is reused when stored, and
+otherwise noted and replaced by a placeholder, so the notebook goes on and names all the others.
+Tables and figures of a walk go to a scratch folder; the committed ones are untouched.
+
+A record whose *spec* depends on another record's content (UniRain's distilled training set is made
+from the distillation record) cannot be named before that record exists: the walk then stops at that
+cell and the plan says so ("partial"); ``fill`` computes what is known and walks again.
+
+Estimates come from stored records of the same kind and model (this profile's first, else any
+profile's), scaled by the work (iterations × batch × crop², or image count): they are estimates on
+the machines those records ran on, labelled as such.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import statistics
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from derainkit.errors import DerainkitError
+
+REPO = Path(__file__).resolve().parents[2]
+
+# make target -> notebook (the Makefile's NB_<item> lines say the same; a test keeps them in step)
+ITEMS = {"table1": "table1_benchmarks", "table2": "table2_components", "table3": "table3_stride",
+         "table4": "table4_patch_size", "table5": "table5_neighbours", "fig7": "fig7_subnetworks",
+         "fig8": "fig8_multiscale", "fig9": "fig9_exemplar", "code-vs-paper": "extra_code_vs_paper",
+         "exemplar-policies": "extra_exemplar_policies", "protocol-gap": "extra_protocol_gap",
+         "nlcl": "nlcl_real_rain", "unirain": "unirain_four_types"}
+
+
+def resolve_items(items: Sequence[str] | str | None) -> list[str]:
+    """Item names (``table2``, ...), all when empty; unknown ones are an error naming the valid ones."""
+    if isinstance(items, str):
+        items = [i for i in items.replace(",", " ").split() if i]
+    items = list(items or ITEMS)
+    unknown = [i for i in items if i not in ITEMS]
+    if unknown:
+        raise DerainkitError(f"unknown item(s) {unknown}; items: {list(ITEMS)}")
+    return items
+
+
+# ---------------------------------------------------------------------------------------- estimates
+def _work(spec: Mapping[str, Any]) -> float | None:
+    """Relative cost of a record: training iterations × batch × crop² (+ scoring), or images scored."""
+    run = spec.get("run") if isinstance(spec.get("run"), Mapping) else None
+    if spec.get("kind") == "train_eval" and run:
+        if not run.get("iterations"):
+            return None  # an epoch-counted schedule: its length depends on the data set
+        return float(run["iterations"]) * float(run.get("batch") or 1) * float(run.get("crop") or 1) ** 2
+    test = spec.get("test")
+    if isinstance(test, Mapping) and test.get("images"):
+        return float(test["images"])
+    return 1.0
+
+
+def _model(spec: Mapping[str, Any]) -> Any:
+    run = spec.get("run")
+    return run.get("model") if isinstance(run, Mapping) else spec.get("model")
+
+
+def estimate_seconds(spec: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> tuple[float | None, str]:
+    """Seconds ``spec`` would take, from the median of similar stored records scaled by the work
+    (same kind and model; same model config preferred, else noted), and a note; None when nothing
+    similar is stored."""
+    work = _work(spec)
+    note = ""
+    if work is None:
+        return None, note
+    same = [r for r in records if r.get("spec", {}).get("kind") == spec.get("kind") and r.get("wall_seconds")
+            and _model(r["spec"]) == _model(spec) and _work(r["spec"])]
+    if spec.get("kind") == "train_eval":
+        config = (spec.get("run") or {}).get("model_config")
+        closer = [r for r in same if (r["spec"].get("run") or {}).get("model_config") == config]
+        note = "" if closer or not same else ", another model size: scale by its cost"
+        same = closer or same
+    if not same:
+        return None, note
+    return round(statistics.median(float(r["wall_seconds"]) * work / _work(r["spec"]) for r in same), 1), note
+
+
+def all_records(results_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Profile -> records, for estimates from other profiles' stores."""
+    from derainkit.experiments.store import Store
+
+    out = {}
+    for runs in sorted(Path(results_dir).glob("*/runs")):
+        try:
+            out[runs.parent.name] = Store(runs).records()
+        except DerainkitError:
+            continue
+    return out
+
+
+# ---------------------------------------------------------------------------------------- walks
+@dataclass
+class Walk:
+    """What one walk of one item's notebook saw."""
+
+    item: str
+    events: list[dict[str, Any]] = field(default_factory=list)
+    error: str = ""  # the cell that stopped the walk (a record it needed was only a placeholder, or a bug)
+
+    def keys(self, *events: str) -> list[str]:
+        return list(dict.fromkeys(e["key"] for e in self.events if e["event"] in events))
+
+    @property
+    def missing(self) -> list[str]:
+        """Records the notebook needs that are not stored (planned, claimed by a worker, or blocked)."""
+        done = set(self.keys("reused", "computed"))
+        return [k for k in self.keys("planned", "claimed", "blocked") if k not in done]
+
+
+@contextlib.contextmanager
+def _environ(**values: str | None) -> Iterator[None]:
+    old = {k: os.environ.get(k) for k in values}
+    try:
+        for k, v in values.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def notebook_parameters(item: str, profile: str, pairs: Sequence[tuple[str, str]] = (),
+                        results_dir: str | Path | None = None) -> dict[str, Any]:
+    """The parameters ``make <item> PROFILE=<profile>`` passes (the profile file, then ``pairs``)."""
+    from derainkit.experiments.run_notebook import resolve_parameters
+
+    params = resolve_parameters(REPO / "notebooks" / f"{ITEMS[item]}.ipynb", profile, pairs)
+    params.setdefault("results_dir", str(Path(results_dir or REPO / "results").resolve()))
+    return params
+
+
+def walk(item: str, profile: str, mode: str = "plan", pairs: Sequence[tuple[str, str]] = (),
+         only: Sequence[str] | None = None, results_dir: str | Path | None = None) -> Walk:
+    """Execute ``item``'s notebook with the store in ``mode`` ("plan": compute nothing; "fill": compute the
+    missing records no other worker holds, or only those in ``only``) and return what it saw."""
+    from derainkit.experiments.run_notebook import run
+
+    params = notebook_parameters(item, profile, pairs, results_dir)
+    with tempfile.TemporaryDirectory(prefix=f"derainkit-walk-{item}-") as tmp:
+        log = Path(tmp) / "events.jsonl"
+        result = Walk(item)
+        with _environ(DERAINKIT_STORE_MODE=mode, DERAINKIT_STORE_LOG=str(log), DERAINKIT_WALK_OUT=str(Path(tmp) / "out"),
+                      DERAINKIT_STORE_ONLY=",".join(only) if only else None):
+            (Path(tmp) / "out").mkdir()
+            try:
+                run(REPO / "notebooks" / f"{ITEMS[item]}.ipynb", Path(tmp) / f"{item}.ipynb", params, REPO / "notebooks",
+                    progress=False)
+            except DerainkitError as exc:
+                result.error = str(exc).split(" (the executed copy", 1)[0]
+        if log.is_file():
+            result.events = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return result
+
+
+# ---------------------------------------------------------------------------------------- the plan
+@dataclass
+class PlanEntry:
+    key: str
+    kind: str
+    items: list[str]
+    what: str
+    status: str            # missing | claimed (a worker computes it now) | after <key> (needs that record first)
+    estimate_s: float | None
+    estimate_from: str     # which store's records the estimate scales
+    spec: dict[str, Any]
+
+
+def describe_spec(spec: Mapping[str, Any]) -> str:
+    """A short human description of a record's spec (model, schedule, what differs from defaults)."""
+    kind = spec.get("kind")
+    if kind == "train_eval":
+        run = spec.get("run") or {}
+        cfg = _non_default(run.get("model"), run.get("model_config") or {})
+        sched = f"{run['iterations']} it" if run.get("iterations") else f"{run.get('epochs', '?')} epochs"
+        extra = {k: v for k, v in run.items() if k in ("task_config", "exemplar", "lr", "seed", "loss") and v}
+        return (f"train {run.get('model')} {json.dumps(cfg, sort_keys=True)} {sched}, batch {run.get('batch')}, "
+                f"crop {run.get('crop')}{' ' + json.dumps(extra, sort_keys=True) if extra else ''}; score "
+                f"{(spec.get('test') or {}).get('images', '?')} images")
+    if kind in ("eval_weights", "eval_input"):
+        return f"score {spec.get('model', 'the input')} on {(spec.get('test') or {}).get('images', '?')} images"
+    if kind == "derain_image":
+        return f"derain one image (max side {spec.get('max_side')}) with record {spec.get('run')}"
+    return str(kind)
+
+
+def _non_default(model: str | None, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys of a canonical model config that differ from the model's defaults."""
+    from derainkit.train.config import canonical_model_config
+
+    try:
+        default = canonical_model_config(str(model), {})
+    except DerainkitError:
+        return dict(config)
+    return {k: v for k, v in config.items() if default.get(k, object()) != v}
+
+
+def plan(items: Sequence[str] | str | None, profile: str, pairs: Sequence[tuple[str, str]] = (),
+         results_dir: str | Path | None = None, progress: bool = True) -> tuple[list[PlanEntry], list[Walk]]:
+    """The records a run of ``items`` under ``profile`` would compute (each once, with the items that need
+    it), and the walks (their errors say where a plan is partial)."""
+    from tqdm.auto import tqdm
+
+    results_dir = Path(results_dir or os.environ.get("DERAINKIT_RESULTS") or REPO / "results")
+    # estimates: this profile's records here, then in the repository's results, then other profiles'
+    here, repo = all_records(results_dir), all_records(REPO / "results") if results_dir != REPO / "results" else {}
+    sources = [(profile, here.get(profile, [])), (profile, repo.get(profile, []))]
+    sources += [(name, recs) for store in (here, repo) for name, recs in store.items() if name != profile]
+    entries: dict[str, PlanEntry] = {}
+    walks = []
+    for item in tqdm(resolve_items(items), desc=f"plan ({profile})", disable=not progress):
+        w = walk(item, profile, "plan", pairs, results_dir=results_dir)
+        walks.append(w)
+        missing = set(w.missing)
+        for e in w.events:
+            if e["key"] not in missing:
+                continue
+            if e["key"] in entries:
+                if item not in entries[e["key"]].items:
+                    entries[e["key"]].items.append(item)
+                continue
+            est, source = None, ""
+            for name, recs in sources:
+                est, note = estimate_seconds(e["spec"], recs)
+                if est is not None:
+                    source = f"{name} records{note}"
+                    break
+            status = {"planned": "missing", "claimed": "claimed"}.get(e["event"], f"after {','.join(e.get('after', []))}")
+            entries[e["key"]] = PlanEntry(e["key"], e["kind"] or "?", [item], describe_spec(e["spec"]), status,
+                                          est, source if est is not None else "", e["spec"])
+    return list(entries.values()), walks
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def plan_markdown(entries: Sequence[PlanEntry], walks: Sequence[Walk], profile: str) -> str:
+    """The plan as a Markdown table with a total, and a line per partial walk."""
+    lines = [f"# Plan: profile `{profile}`", "",
+             "| key | kind | items | what | status | estimate |", "|---|---|---|---|---|---|"]
+    for e in entries:
+        est = f"{_duration(e.estimate_s)} ({e.estimate_from})" if e.estimate_s is not None else "unknown"
+        lines.append(f"| {e.key} | {e.kind} | {', '.join(e.items)} | {e.what} | {e.status} | {est} |")
+    known = [e.estimate_s for e in entries if e.estimate_s is not None]
+    lines += ["", f"{len(entries)} records to compute; estimated {_duration(sum(known))} for the {len(known)} with an "
+              "estimate (scaled from stored records of the same kind and model, on the machines those ran on)."]
+    for w in walks:
+        if w.error:
+            lines.append(f"- `{w.item}` is partial: its walk stopped at {w.error}; records that depend on the "
+                         "missing ones are named once those exist (`fill` walks again).")
+    return "\n".join(lines) + "\n"

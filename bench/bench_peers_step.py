@@ -5,9 +5,9 @@ part-A peers (SPANet, DRN, RESCAN) when their modules are present in ``derainkit
 directly from its module (``<Name>`` and ``<Name>Config`` with the default config), and PReNet (the
 baseline, measured in the same run). Weights are random: they do not change the cost.
 
-* ``train_step``: random 8×3×64×64 rainy/clean batch, forward, the model's own recipe loss
-  (``RECIPE["loss"]`` from ``derainkit.losses`` or ``derainkit.losses.peers_b``; RCDNet its official
-  multi-stage sum over ``return_stages=True``; PReNet −SSIM), backward, ``Adam.step``. One untimed step,
+* ``train_step``: random 8×3×64×64 rainy/clean batch, forward, the loss the kit trains the model with
+  (its recipe's, from ``derainkit.losses``; stage and attention losses as the paired task calls them;
+  PReNet −SSIM), backward, ``Adam.step``. One untimed step,
   then the median of 3 (``--quick``: of 1).
 * ``infer``: eval mode, ``no_grad``, one image of 1000×1000 (``--quick``: 512×512), in a fresh process
   after a 64×64 warm-up call; seconds of one call, and the peak resident memory the call added (VmHWM −
@@ -56,24 +56,16 @@ def _available() -> list[tuple[str, str, str]]:
 
 
 def _loss(label: str, module: str):
-    """(name, loss(model, rainy, clean)) of the model's own recipe."""
-    from derainkit.losses import LOSSES
-    from derainkit.losses.peers_b import PEER_LOSSES, rcdnet_stage_loss
+    """(name, loss(model, rainy, clean)) of the loss the kit trains the model with: its recipe's (PReNet: −SSIM),
+    through the same registry and ModelLoss convention as the paired training task."""
+    from derainkit.losses import ModelLoss, get_loss
+    from derainkit.models import get_model_spec
 
-    if label == "rcdnet":
-        return "rcdnet_stage_loss", lambda m, r, c: rcdnet_stage_loss(m(r, return_stages=True), r, c)
-    recipe = getattr(importlib.import_module(f"derainkit.models.{module}"), "RECIPE", {"loss": "ssim"})
-    want = recipe.get("loss", "ssim")
-    losses = {**LOSSES, **PEER_LOSSES}
-    try:  # part A's losses module, if present, names its functions after the recipe's loss
-        part_a = importlib.import_module("derainkit.losses.peers")
-        if callable(getattr(part_a, want, None)):
-            losses[want] = getattr(part_a, want)
-    except ImportError:
-        pass
-    name = want if want in losses else "mse"
-    fn = losses[name]
-    return (name if name == want else f"mse (for {want})"), lambda m, r, c: fn(m(r), c)
+    name = "ssim" if label == "prenet" else get_model_spec(label).run_recipe().get("loss", "ssim")
+    fn = get_loss(name)
+    if isinstance(fn, ModelLoss):  # the model returns stages / an attention map, the loss may read the input
+        return name, lambda m, r, c: fn(m(r, **fn.forward_kwargs), c, r)
+    return name, lambda m, r, c: fn(m(r), c)
 
 
 def _train_step(label: str, module: str, cls: str, device: torch.device, repeats: int) -> dict[str, Any]:
@@ -131,14 +123,20 @@ def _infer(label: str, module: str, cls: str, side: int) -> dict[str, Any]:
             "bytes_per_pixel": round(extra_mb * 2**20 / (side * side), 1), "timing": "one call after a 64x64 warm-up"}
 
 
-def run(out_dir: Path, quick: bool) -> list[Path]:
+def run(out_dir: Path, quick: bool, models: list[str] | None = None, tasks: tuple[str, ...] = ("train_step", "infer")
+        ) -> list[Path]:
+    """Measure every peer (or only ``models``, PReNet always included as the baseline, and only ``tasks``);
+    a partial run replaces those rows of an existing CSV and keeps the others with their own provenance."""
     from derainkit.infer import resolve_device
 
     device = resolve_device("auto")
     repeats, side = (1, 512) if quick else (3, 1000)
     rows: list[dict[str, Any]] = []
+    wanted = None if models is None else {"prenet", *models}
     for label, module, cls in _available():
-        for task in ("train_step", "infer"):
+        if wanted is not None and label not in wanted:
+            continue
+        for task in tasks:
             before = loadavg()
             try:
                 row = _train_step(label, module, cls, device, repeats) if task == "train_step" else \
@@ -153,7 +151,17 @@ def run(out_dir: Path, quick: bool) -> list[Path]:
     for r in rows:
         if "seconds" in r and base.get(r["task"]):
             r["ratio_vs_prenet"] = round(r["seconds"] / base[r["task"]], 2)
-    return [write_csv(out_dir / ("peers_step_quick.csv" if quick else "peers_step.csv"), rows)]
+    path = out_dir / ("peers_step_quick.csv" if quick else "peers_step.csv")
+    if wanted is not None and path.is_file():  # keep the rows not re-measured (each row has its own commit)
+        import csv
+
+        fresh = {(r["model"], r["task"]) for r in rows}
+        order = [label for label, _, _ in PEERS]
+        with open(path, newline="") as fh:
+            kept = [r for r in csv.DictReader(fh) if (r["model"], r["task"]) not in fresh]
+        rows = sorted(kept + rows, key=lambda r: (order.index(r["model"]) if r["model"] in order else 99,
+                                                  ("train_step", "infer").index(r["task"])))
+    return [write_csv(path, rows)]
 
 
 def summarize(paths: list[Path]) -> str:
@@ -175,3 +183,18 @@ def summarize(paths: list[Path]) -> str:
     lines += ["", "Random weights (they do not change the cost); inference in a fresh process, one call after a "
               "warm-up; load averages in the CSV (a shared machine makes absolute times indicative only)."]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Re-measure some peers into results/bench/peers_step.csv")
+    ap.add_argument("--models", required=True, help="comma-separated labels, e.g. spanet,drn,rescan")
+    ap.add_argument("--tasks", default="train_step,infer")
+    ap.add_argument("--out", type=Path, default=Path("results/bench"))
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    for p in run(a.out, a.quick, a.models.split(","), tuple(a.tasks.split(","))):
+        print(p)
+        print(summarize([p]))
+

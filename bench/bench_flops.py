@@ -37,8 +37,8 @@ from __future__ import annotations
 import contextlib
 import statistics
 import time
-from pathlib import Path
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch

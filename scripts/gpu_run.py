@@ -234,11 +234,14 @@ def _data_env(dry_run: bool) -> dict[str, str]:
 
 
 def _git_add_list(plan: Plan, results: list[dict[str, Any]]) -> list[str]:
-    paths = [str(plan.report_path.relative_to(ROOT)) if plan.report_path.is_relative_to(ROOT) else str(plan.report_path)]
-    bench = plan.root / "bench"
+    """The report, the step logs and the training step's config/result, and results/bench when a benchmark
+    ran (the training run folder itself holds checkpoints and is git-ignored)."""
+    gpu = plan.root / "gpu"
+    paths = [plan.report_path, gpu / "logs"] + [p for p in (gpu / "train_config.json", gpu / "train_result.json")
+                                               if p.is_file()]
     if any(r["name"].startswith("bench:") and r["status"] == "ok" for r in results):
-        paths.append(str(bench.relative_to(ROOT)) if bench.is_relative_to(ROOT) else str(bench))
-    return paths
+        paths.append(plan.root / "bench")
+    return [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in paths]
 
 
 def execute(plan: Plan, progress: bool = True) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 #   make setup             virtual environment in .venv with the kit (CPU torch unless a GPU is present)
 #   make test              set up if needed, then the whole test suite (what CI runs)
 #   make bench             benchmarks -> results/bench/*.csv and results/bench/SUMMARY.md
+#   make gpu-run           on a lent GPU, within BUDGET seconds (600): CUDA tests, GPU benchmarks, then training
+#                          the shipped MSGNN further (resumable) -> results/gpu/, results/bench/; DRY=1: on CPU, scaled down
 #   make evaluate-prenet   PReNet's official weights on Rain100L test, three metric protocols
 #   make evaluate-msgnn    the kit's shipped MSGNN checkpoint on Rain100L test, three metric protocols
 #   make train-shipped     retrain that checkpoint (about an hour on 2 CPU cores)
@@ -37,7 +39,7 @@ NB_nlcl := nlcl_real_rain
 NB_unirain := unirain_four_types
 ITEMS := table1 table2 table3 table4 table5 fig7 fig8 fig9 code-vs-paper exemplar-policies protocol-gap nlcl unirain
 
-.PHONY: setup test test-fast test-notebooks bench evaluate-prenet evaluate-msgnn train-shipped clean-venv reproduce-tables lab data-link $(ITEMS)
+.PHONY: setup test test-fast test-notebooks bench gpu-run evaluate-prenet evaluate-msgnn train-shipped clean-venv reproduce-tables lab data-link $(ITEMS)
 
 setup: $(STAMP)
 
@@ -64,6 +66,12 @@ test-fast: setup
 
 bench: setup
 	$(PY) -m bench.run_all --out results/bench
+
+BUDGET ?= 600
+DRY ?= 0
+# DRY=1: every step scaled down, on CPU, into a temp folder (OUT=dir to choose it); never writes results/
+gpu-run: setup
+	$(PY) scripts/gpu_run.py --budget $(BUDGET) $(if $(filter 1,$(DRY)),--dry-run $(if $(OUT),--out $(OUT)),)
 
 evaluate-prenet: setup
 	$(PY) -m derainkit.cli evaluate --model prenet \

@@ -10,6 +10,10 @@
 #   make reproduce-tables  every paper table/figure notebook (PROFILE=smoke|cpu|gpu|paper, FORCE=1 recomputes)
 #   make table2            one item (table1..table5, fig7..fig9, code-vs-paper, exemplar-policies, protocol-gap)
 #                          PARAMS="eval_limit=5 iterations=100" sets notebook parameters (names are checked)
+#   make plan              the records a run would compute, with estimated cost (PROFILE=, ITEM=table2,fig8)
+#   make verify            recompute the committed records into a scratch store and compare (PROFILE=, ITEM=)
+#   make fill              compute missing records with many workers: EXECUTOR=local|submitit CLUSTER=slurm|local
+#                          WORKERS=8 FILL_FLAGS="--partition gpu --gpus 1 --time-min 240"; then renders the tables
 #   make lab               JupyterLab on notebooks/
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -39,7 +43,7 @@ NB_nlcl := nlcl_real_rain
 NB_unirain := unirain_four_types
 ITEMS := table1 table2 table3 table4 table5 fig7 fig8 fig9 code-vs-paper exemplar-policies protocol-gap nlcl unirain
 
-.PHONY: setup test test-fast test-notebooks bench gpu-run evaluate-prenet evaluate-msgnn train-shipped clean-venv reproduce-tables lab data-link $(ITEMS)
+.PHONY: setup test test-fast test-notebooks bench gpu-run evaluate-prenet evaluate-msgnn train-shipped clean-venv reproduce-tables lab data-link plan verify fill $(ITEMS)
 
 setup: $(STAMP)
 
@@ -113,6 +117,23 @@ _notebook:
 	$(PY) -m derainkit.experiments.run_notebook --profile $(PROFILE) --cwd notebooks \
 	  -p force $(FORCE) -p results_dir $(CURDIR)/results $(foreach p,$(PARAMS),-p $(subst =, ,$(p))) \
 	  notebooks/$(NB_$(ITEM)).ipynb results/$(PROFILE)/notebooks/$(NB_$(ITEM)).ipynb
+
+# Plan, verify and fill (derainkit.experiments.fill): ITEM= names items (comma-separated; default all).
+EXECUTOR ?= local
+CLUSTER ?= slurm
+WORKERS ?= 1
+FILL_FLAGS ?=
+FILL_ARGS = --profile $(PROFILE) $(if $(ITEM),--items $(ITEM)) $(foreach p,$(PARAMS),-p $(subst =, ,$(p)))
+
+plan: setup $(if $(filter smoke,$(PROFILE)),,data-link)
+	$(PY) -m derainkit.experiments.fill plan $(FILL_ARGS)
+
+verify: setup $(if $(filter smoke,$(PROFILE)),,data-link)
+	$(PY) -m derainkit.experiments.fill verify $(FILL_ARGS)
+
+fill: setup $(if $(filter smoke,$(PROFILE)),,data-link)
+	$(PY) -m derainkit.experiments.fill run $(FILL_ARGS) --executor $(EXECUTOR) --cluster $(CLUSTER) \
+	  --workers $(WORKERS) $(FILL_FLAGS)
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """One command for a lent GPU: CUDA tests, benchmarks, then training for the minutes that are left.
 
-    python scripts/gpu_run.py                    # on a CUDA machine: results/gpu/ and results/bench/
+    python scripts/gpu_run.py                    # on a CUDA machine: results/gpu/ and results/bench/gpu/
     python scripts/gpu_run.py --budget 900       # a longer lease (seconds of wall time overall)
     python scripts/gpu_run.py --dry-run          # the same steps scaled down, on CPU, into a temp folder
     make gpu-run [DRY=1] [BUDGET=600]
@@ -95,7 +95,7 @@ def make_plan(total_s: float, dry_run: bool, root: Path, python: str = sys.execu
     pytest_args = ["-x", "-q"] if dry_run else ["-q", "-rs"]
     steps = [Step("tests", TESTS_SHARE[dry_run] * usable, [python, "-m", "pytest", *pytest_args, "-p", "no:cacheprovider",
                                                            *tests], f"pytest {' '.join(tests)}")]
-    bench_out = root / "bench"
+    bench_out = root / "bench" / "gpu"  # beside, not over, the CPU figures the README quotes
     for name, share in (DRY_BENCH if dry_run else GPU_BENCH).items():
         cmd = [python, "-m", "bench.run_all", "--out", str(bench_out), "--only", name] + (["--quick"] if dry_run else [])
         steps.append(Step(f"bench:{name}", share * usable, cmd, f"bench_{name}" + (" --quick" if dry_run else "")))
@@ -240,7 +240,7 @@ def _git_add_list(plan: Plan, results: list[dict[str, Any]]) -> list[str]:
     paths = [plan.report_path, gpu / "logs"] + [p for p in (gpu / "train_config.json", gpu / "train_result.json")
                                                if p.is_file()]
     if any(r["name"].startswith("bench:") and r["status"] == "ok" for r in results):
-        paths.append(plan.root / "bench")
+        paths.append(plan.root / "bench" / "gpu")
     return [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p) for p in paths]
 
 

@@ -50,7 +50,7 @@ def test_plan_real_vs_dry(tmp_path):
     assert all("--quick" not in s.command for s in real_bench)
     assert len(dry_bench) == 1 and "--quick" in dry_bench[0].command
     for s in real_bench + dry_bench:  # every benchmark writes into the plan's root
-        assert s.command[s.command.index("--out") + 1] == str(tmp_path / "bench")
+        assert s.command[s.command.index("--out") + 1] == str(tmp_path / "bench" / "gpu")
     with pytest.raises(ValueError):
         gpu_run.make_plan(0, True, tmp_path)
 
@@ -117,7 +117,7 @@ def test_dry_run_end_to_end(tmp_path, capsys):
     train = report["steps"][-1]["train"]
     assert train["iteration"] == gpu_run.DRY_ITERATIONS and not train["finished"] and not train["resumed"]
     assert Path(train["run_dir"]).is_relative_to(out)
-    assert (out / "bench" / "niqe-quick.csv").is_file() and (out / "bench" / "SUMMARY-quick.md").is_file()
+    assert (out / "bench" / "gpu" / "niqe-quick.csv").is_file() and (out / "bench" / "gpu" / "SUMMARY-quick.md").is_file()
     assert "dry run: outputs in" in capsys.readouterr().out
     assert _tree(REPO / "results") == results_before
 

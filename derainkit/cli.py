@@ -102,7 +102,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         pairs = pairs[: args.limit]
     protocols = args.protocol or (["matlab-y"] if all(p.clean is not None for p in pairs) else ["niqe"])
     out = args.out or Path("results") / "evaluate" / f"{args.model or 'input'}_{Path(args.data).resolve().name}"
-    probe_writable(Path(out))
     meta: dict = {"data_layout": args.layout}
     if args.model:
         spec, predictor = _predictor(args)
@@ -114,6 +113,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         predict, quantize, device = None, ("round" if args.quantize == "auto" else args.quantize), "cpu"
         meta.update(model=None, note="rainy images scored as they are (no model)")
+    probe_writable(Path(out))  # after the model and weights are checked: a refused command leaves no folder
     result = evaluate(pairs, predict, out, protocols, quantize=quantize,
                       save_dir=(Path(out) / "images") if args.save_images else None, data_root=args.data,
                       meta=meta, device=device)

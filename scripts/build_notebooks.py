@@ -353,7 +353,7 @@ from derainkit.experiments.tables import render_rows
 
 pool = study.four_types(train_data, count=pool_count, seed=0, max_side=data_side)
 test = study.four_types(test_data, count=test_count, seed=1, max_side=data_side)
-examples = write_type_examples(test, lab.root / "unirain_types.png", per_type=2)
+examples = write_type_examples(test, lab.output_path("unirain_types.png"), per_type=2)
 photos = Path(real_photos) if real_photos else None
 have_refs = photos is not None and photos.is_dir()
 

@@ -90,13 +90,15 @@ def _err(capsys) -> str:
     return capsys.readouterr().err
 
 
-def test_bad_inputs_give_one_clear_line(tmp_path, dataset, weights, capsys):
+def test_bad_inputs_give_one_clear_line(tmp_path, dataset, weights, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default output folder is relative: keep it out of the checkout
     assert main(["evaluate", "--data", str(tmp_path / "nowhere")]) == 2
     assert "nowhere" in _err(capsys)
     assert main(["evaluate", "--model", "prenett", "--weights", str(weights), "--data", str(dataset)]) == 2
     assert "unknown model 'prenett'" in _err(capsys)
     assert main(["evaluate", "--model", "prenet", "--weights", str(tmp_path / "x.pth"), "--data", str(dataset)]) == 2
     assert "x.pth: weights file not found" in _err(capsys)
+    assert not (tmp_path / "results").exists()  # refused commands create no output folder
     assert main(["evaluate", "--model", "prenet", "--data", str(dataset)]) == 2
     assert "ships no weights" in _err(capsys)
     assert main(["derain", str(tmp_path / "none.png"), str(tmp_path / "o.png"), "--model", "prenet",

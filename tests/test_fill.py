@@ -81,7 +81,9 @@ def _filler(root: str, counter: str, specs: list, mode: str, sleep: float) -> No
 
 
 @pytest.mark.parametrize("mode", ["run", "fill"])
-def test_two_fillers_compute_every_record_once(tmp_path, mode):
+def test_two_fillers_compute_every_record_once(tmp_path, mode, monkeypatch):
+    for name in ("DERAINKIT_STORE_MODE", "DERAINKIT_CLAIM_HEARTBEAT_S"):  # _filler sets them in this process too
+        monkeypatch.setenv(name, os.environ.get(name, "run" if name == "DERAINKIT_STORE_MODE" else "30"))
     specs = [{"kind": "toy", "i": i} for i in range(6)]
     counter = tmp_path / "computed.txt"
     ctx = mp.get_context("spawn")

@@ -107,12 +107,14 @@ def test_gradients_reach_routers_and_the_experts_that_ran():
 
 
 def test_renormalised_top1_gives_the_router_no_gradient():
+    torch.manual_seed(0)
     model = tiny(experts=3, top_k=1, renormalize=True, encoder_routing="dense").train()
     x = torch.rand(2, 3, 16, 16)
     (model(x, noise=RoutingNoise.seeded(1)) - x).abs().mean().backward()
     for layer in model.moe_layers().values():
         g = layer.router.proj.weight.grad
-        assert g is None or float(g.abs().sum()) == 0.0
+        # p / p is 1: its gradient is zero up to rounding (~1e-13 in float32 sums), not a learning signal
+        assert g is None or float(g.abs().max()) < 1e-9
 
 
 @pytest.mark.parametrize("training", [False, True])

@@ -153,6 +153,12 @@ class Lab:
             plot_sweep(self.root / f"{item}.png", title, rows, p.protocols[0], xlabel, paper_params_m)
         return md
 
+    def output_path(self, name: str) -> Path:
+        """Where a notebook writes a figure of its own: the profile folder (a plan or fill walk: a scratch one)."""
+        from derainkit.experiments.tables import _output_dir
+
+        return _output_dir(self.root) / name
+
     def find_image(self, path: str | Path | None) -> Path:
         """An image file: ``path`` itself, the first image of a folder, or (None / missing) the first
         rainy image of the profile's test set, so figure notebooks run without real photos."""

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from derainkit.errors import ConfigError, DerainkitError, OneLineParser
-from derainkit.experiments.plan import ITEMS, REPO, _environ, plan, plan_markdown, resolve_items, walk
+from derainkit.experiments.plan import ITEMS, REPO, scoped_environ, plan, plan_markdown, resolve_items, walk
 
 SLURM_KEYS = ("partition", "gpus", "cpus", "time_min", "mem_gb", "array_parallelism", "account", "qos")
 
@@ -148,7 +148,7 @@ def run_fill(items: Sequence[str], profile: str, pairs: Sequence[tuple[str, str]
     if render:
         for item in items:
             nb = REPO / "notebooks" / f"{ITEMS[item]}.ipynb"
-            with record_counts() as counts, _environ(DERAINKIT_STORE_MODE=None, DERAINKIT_STORE_ONLY=None):
+            with record_counts() as counts, scoped_environ(DERAINKIT_STORE_MODE=None, DERAINKIT_STORE_ONLY=None):
                 run(nb, Path(results_dir or REPO / "results") / profile / "notebooks" / nb.name,
                     notebook_parameters(item, profile, pairs, results_dir), REPO / "notebooks", progress=False)
                 print(f"{item}: rendered ({counts()})")

@@ -118,22 +118,23 @@ class Walk:
         return [k for k in self.keys("planned", "claimed", "blocked") if k not in done]
 
 
+def _set_environ(values: Mapping[str, str | None]) -> None:
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @contextlib.contextmanager
-def _environ(**values: str | None) -> Iterator[None]:
+def scoped_environ(**values: str | None) -> Iterator[None]:
+    """Set (None: unset) environment variables for the block; the kernels papermill starts inherit them."""
     old = {k: os.environ.get(k) for k in values}
     try:
-        for k, v in values.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _set_environ(values)
         yield
     finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        _set_environ(old)
 
 
 def notebook_parameters(item: str, profile: str, pairs: Sequence[tuple[str, str]] = (),
@@ -156,7 +157,7 @@ def walk(item: str, profile: str, mode: str = "plan", pairs: Sequence[tuple[str,
     with tempfile.TemporaryDirectory(prefix=f"derainkit-walk-{item}-") as tmp:
         log = Path(tmp) / "events.jsonl"
         result = Walk(item)
-        with _environ(DERAINKIT_STORE_MODE=mode, DERAINKIT_STORE_LOG=str(log), DERAINKIT_WALK_OUT=str(Path(tmp) / "out"),
+        with scoped_environ(DERAINKIT_STORE_MODE=mode, DERAINKIT_STORE_LOG=str(log), DERAINKIT_WALK_OUT=str(Path(tmp) / "out"),
                       DERAINKIT_STORE_ONLY=",".join(only) if only else None):
             (Path(tmp) / "out").mkdir()
             try:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -94,10 +93,11 @@ def record_counts() -> Iterator[Callable[[], str]]:
     import json
     import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="derainkit-events-") as tmp:
+    from derainkit.experiments.plan import scoped_environ
+
+    with tempfile.TemporaryDirectory(prefix="derainkit-events-") as tmp, \
+            scoped_environ(DERAINKIT_STORE_LOG=str(Path(tmp) / "events.jsonl")):
         log = Path(tmp) / "events.jsonl"
-        old = os.environ.get("DERAINKIT_STORE_LOG")
-        os.environ["DERAINKIT_STORE_LOG"] = str(log)
 
         def counts() -> str:
             events = [json.loads(x) for x in log.read_text().splitlines() if x.strip()] if log.is_file() else []
@@ -105,13 +105,7 @@ def record_counts() -> Iterator[Callable[[], str]]:
             waited = len({e["key"] for e in events if e.get("waited")})
             return (f"{n['reused']} records reused, {n['computed']} computed"
                     + (f" ({waited} after waiting for another worker)" if waited else ""))
-        try:
-            yield counts
-        finally:
-            if old is None:
-                os.environ.pop("DERAINKIT_STORE_LOG", None)
-            else:
-                os.environ["DERAINKIT_STORE_LOG"] = old
+        yield counts
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from derainkit.experiments.plan import ITEMS, REPO, _environ, notebook_parameters, resolve_items
+from derainkit.experiments.plan import ITEMS, REPO, scoped_environ, notebook_parameters, resolve_items
 
 ATOL, RTOL = 1e-4, 1e-6
 _NOT_COMPARED = {"provenance", "wall_seconds", "run", "run_config", "version"}
@@ -143,7 +143,7 @@ def verify(items: Sequence[str] | str | None, profile: str, pairs: Sequence[tupl
         for item in tqdm(items, desc=f"verify ({profile})", disable=not progress):
             nb = REPO / "notebooks" / f"{ITEMS[item]}.ipynb"
             params = notebook_parameters(item, profile, pairs, scratch)
-            with _environ(DERAINKIT_RESULTS=str(scratch), DERAINKIT_STORE_MODE=None, DERAINKIT_STORE_ONLY=None):
+            with scoped_environ(DERAINKIT_RESULTS=str(scratch), DERAINKIT_STORE_MODE=None, DERAINKIT_STORE_ONLY=None):
                 run(nb, scratch / profile / "notebooks" / nb.name, params, REPO / "notebooks", progress=False)
         report = VerifyReport(profile, items, compare_stores(scratch / profile / "runs", committed_root / profile / "runs"))
     finally:

@@ -151,7 +151,10 @@ rows.append(official("DRN (official Rain100L weights; extra light peer)", "drn",
 rows.append(official("DRN (official Rain100H weights)", "drn", wdir / "drn" / "Rain100H" / "net_latest.pth"))
 rows.append(official("NLCL (official RealRain weights: unpaired, trained on other real data)", "nlcl",
                      wdir / "nlcl" / "latest_net_Back.pth"))
-rows.append(trained("NLCL (trained unpaired by the kit: rainy half vs the other scenes' clean half)", "nlcl"))''',
+rows.append(trained("NLCL (trained unpaired by the kit: rainy half vs the other scenes' clean half)", "nlcl"))
+from derainkit.experiments import unirain_study
+rows.append(Row("UniRain (trained by the kit as in the UniRain notebook: four-type mix of the training pairs)",
+                unirain_study.table1_record(lab), {}))''',
         plot_args=', plot=None'),
     "table2_components": dict(
         item="table2", target="table2",

@@ -143,3 +143,22 @@ def per_type_rows(variants: dict[str, dict[str, dict[str, Any]]], protocol: str)
         row["mean SSIM"] = sum(v[1] for v in values) / len(values)
         rows.append(row)
     return rows
+
+
+def notebook_settings(profile: str) -> dict[str, Any]:
+    """The UniRain notebook's parameters at ``profile``: its declared defaults, then the profile file's
+    values for it, so Table 1 trains exactly the notebook's main variant (one record, one training run)."""
+    from derainkit.experiments.plan import ITEMS, REPO
+    from derainkit.experiments.run_notebook import _literal_defaults, declared_parameters, resolve_parameters
+
+    nb = REPO / "notebooks" / f"{ITEMS['unirain']}.ipynb"
+    return {**_literal_defaults(declared_parameters(nb)), **resolve_parameters(nb, profile, [])}
+
+
+def table1_record(lab: Lab, profile: str | None = None) -> dict[str, Any]:
+    """UniRain's main variant (asymmetric MoE, reweighted, naive four-type mix), trained as the UniRain notebook
+    trains it at this profile (four-type pool from the profile's training pairs), scored on ``lab``'s test set."""
+    p = notebook_settings(profile or lab.profile.name)
+    pool = four_types(lab.profile.train_data, count=p["pool_count"], seed=0, max_side=p["data_side"])
+    return lab.train_eval(model="unirain", model_config=dict(p["unirain_model_config"]),
+                          task_config=dict(p["unirain_task"]), train_data=str(pool))

@@ -7,7 +7,9 @@ at an empty scratch folder) and compared with the committed record of the same k
 *identical*; *within tolerance* (``|ours − committed| ≤ ATOL + RTOL·|committed|``: the last bits of a
 float sum change with the thread count and the CPU's vector width); *differs*; or *not committed*
 (the committed store lacks the record: the committed tables could not have been rendered from it).
-Provenance, wall times, training timings and paths are not compared: they describe the machine.
+Only numbers are compared (metrics, image counts, parameter counts, study results); provenance, wall
+times, training timings, paths and descriptive text are not: they describe the machine or the code's
+wording, not the result.
 Derained images (``derain_image`` records) are compared pixel by pixel (within 1 grey level).
 """
 from __future__ import annotations
@@ -39,6 +41,10 @@ def _leaves(value: Any, path: str = "") -> Iterator[tuple[str, Any]]:
             yield from _leaves(v, f"{path}[{i}]")
     else:
         yield path, value
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def compare_values(ours: Any, committed: Any) -> str:
@@ -116,7 +122,7 @@ def compare_stores(ours: Path, committed: Path, keys: Sequence[str] | None = Non
                          "verdict": "not committed"})
             continue
         a, b = dict(_leaves(rec)), dict(_leaves(old))
-        for name in sorted(set(a) | set(b)):
+        for name in sorted(n for n in set(a) | set(b) if _is_number(a.get(n)) or _is_number(b.get(n))):
             rows.append({"record": key, "kind": kind, "number": name, "ours": a.get(name), "committed": b.get(name),
                          "verdict": compare_values(a.get(name), b.get(name))})
         for rel in (rec.get("outputs") or {}).values():  # images a record made (derain_image)

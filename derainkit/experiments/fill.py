@@ -78,7 +78,7 @@ class FillJob:
     def checkpoint(self, *args: Any, **kwargs: Any):
         import submitit
 
-        return submitit.helpers.DelayedSubmission(FillJob(*self.args[:2], self.args[2], self.args[3], self.args[4]))
+        return submitit.helpers.DelayedSubmission(FillJob(*self.args))
 
 
 def cluster_settings(profile: str, flags: dict[str, Any]) -> dict[str, Any]:
@@ -109,6 +109,16 @@ def _executor(cluster: str, logs: Path, settings: dict[str, Any]):
     return ex
 
 
+def _run_jobs(ex, jobs: Sequence[FillJob], cluster: str) -> list[dict[str, Any]]:
+    """Submit ``jobs`` (as one job array where the executor has them) and wait for their results."""
+    if cluster != "debug" and len(jobs) > 1:
+        with ex.batch():
+            submitted = [ex.submit(job) for job in jobs]
+    else:
+        submitted = [ex.submit(job) for job in jobs]
+    return [j.result() for j in submitted]
+
+
 def run_fill(items: Sequence[str], profile: str, pairs: Sequence[tuple[str, str]] = (), executor: str = "local",
              cluster: str = "slurm", workers: int = 1, per_record: bool = False, logs: str | Path | None = None,
              settings: dict[str, Any] | None = None, results_dir: str | None = None, render: bool = True
@@ -129,18 +139,9 @@ def run_fill(items: Sequence[str], profile: str, pairs: Sequence[tuple[str, str]
             todo.append(FillJob(items, profile, pairs, None, results_dir))  # then whatever those made nameable
         else:
             todo = [FillJob(items, profile, pairs, None, results_dir) for _ in range(max(1, workers))]
-        if per_record and cluster != "debug":
-            with ex.batch():  # a job array on Slurm
-                jobs = [ex.submit(job) for job in todo[:-1]]
-            jobs_out = [j.result() for j in jobs]
-            jobs_out.append(ex.submit(todo[-1]).result())
-        else:
-            if cluster != "debug" and len(todo) > 1:
-                with ex.batch():
-                    jobs = [ex.submit(job) for job in todo]
-            else:
-                jobs = [ex.submit(job) for job in todo]
-            jobs_out = [j.result() for j in jobs]
+        # per record: the records' jobs first, then one for the records they make nameable
+        waves = [todo[:-1], todo[-1:]] if per_record else [todo]
+        jobs_out = [out for wave in waves for out in _run_jobs(ex, wave, cluster)]
     else:
         raise ConfigError(f"--executor {executor!r}: choose local or submitit")
     computed = [k for out in jobs_out for k in out["computed"]]

@@ -67,8 +67,8 @@ def _image_verdict(a: Path, b: Path) -> tuple[str, str]:
     x, y = read_image(a), read_image(b)
     if x.shape != y.shape:
         return "differs", f"shape {x.shape} vs {y.shape}"
-    d = int(np.abs(x.astype(np.int32) - y.astype(np.int32)).max()) if x.dtype != np.float32 else \
-        float(np.abs(x - y).max() * 255)
+    scale = 255 if x.dtype.kind == "f" else 1  # read_image gives floats in [0, 1]: grey levels are 1/255
+    d = int(np.rint(np.abs(x.astype(np.float64) - y.astype(np.float64)).max() * scale))
     return ("identical" if d == 0 else "within tolerance" if d <= 1 else "differs"), f"max |Δ| {d} grey levels"
 
 

@@ -181,7 +181,9 @@ def summarize(paths: list[Path]) -> str:
                          f"{i.get('seconds') or i.get('note', '')} | {i.get('ratio_vs_prenet', '')} | "
                          f"{i.get('rss_extra_mb', '')} | {i.get('bytes_per_pixel', '')} |")
     lines += ["", "Random weights (they do not change the cost); inference in a fresh process, one call after a "
-              "warm-up; load averages in the CSV (a shared machine makes absolute times indicative only)."]
+              "warm-up; load averages in the CSV (a shared machine makes absolute times indicative only). "
+              "Each × PReNet is against the PReNet step measured in the same run: rows merged from several runs "
+              "(see each row's commit in the CSV) need not divide by the PReNet row shown, which is the latest run's."]
     return "\n".join(lines)
 
 

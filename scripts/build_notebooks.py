@@ -36,9 +36,10 @@ _COMMENTS = {
     "run_overrides": "any other RunConfig key: lr, precision, channels_last, exemplar, ...",
     "protocols": "the first is plotted; msgnn-rgb is the paper's protocol",
     "force": "recompute rows that already have a record",
+    "seeds": "ablation rows: one run per seed, mean ± std; single runs: the first",
 }
 _KEYS = ("profile", "results_dir", "train_data", "test_data", "eval_limit", "iterations", "crop", "batch",
-         "model_config", "run_overrides", "device", "protocols", "force")
+         "model_config", "run_overrides", "device", "protocols", "seeds", "force")
 
 
 def _literal(value) -> str:
@@ -169,8 +170,10 @@ rows.append(Row("UniRain (trained by the kit as in the UniRain notebook: four-ty
     "M5": dict(fusion_connection=True, attention="gct", graph=False),
     "M6": dict(fusion_connection=True, attention="gct", graph=True),
 }
-rows = [Row(f"{name}: {paper.TABLE2[name].note}", lab.train_eval(model_config=cfg), {"Rain200H": paper.TABLE2[name]}, x=name)
-        for name, cfg in GRID.items()]'''),
+rows = [Row(f"{name}: {paper.TABLE2[name].note}", lab.train_eval_seeds(model_config=cfg), {"Rain200H": paper.TABLE2[name]}, x=name)
+        for name, cfg in GRID.items()]
+REFERENCE = f"M6: {paper.TABLE2['M6'].note}"  # the full model: verdicts are about each row's difference to it''',
+        plot_args=', reference=REFERENCE'),
     "table3_stride": dict(
         item="table3", target="table3",
         title="Table 3: graph stride s at training patch 64 and 48",
@@ -178,24 +181,27 @@ rows = [Row(f"{name}: {paper.TABLE2[name].note}", lab.train_eval(model_config=cf
                "The paper could not fit s = 1 at 64 in memory; the kit's windowed kNN can (set `skip` to leave "
                "any cell out, e.g. on a slow CPU)."),
         extra_params='\nskip = []                    # e.g. [[64, 1]] to leave (crop, stride) cells out',
-        grid='''rows = []
+        grid='''rows, REFERENCE = [], {}
 for c in (64, 48):
     for s in (1, 2, 3):
         skipped = [c, s] in [list(x) for x in skip]
-        rec = None if skipped else lab.train_eval(model_config={"stride": s}, crop=c)
-        rows.append(Row(f"crop {c}, s = {s}", rec, {"Rain200H": paper.TABLE3[(c, s)]}, why_not_run="skipped", x=s))'''),
+        rec = None if skipped else lab.train_eval_seeds(model_config={"stride": s}, crop=c)
+        rows.append(Row(f"crop {c}, s = {s}", rec, {"Rain200H": paper.TABLE3[(c, s)]}, x=s,
+                        why_not_run=f"skipped in profile `{lab.profile.name}` (its `skip` parameter: the cost)"))
+        REFERENCE[f"crop {c}, s = {s}"] = f"crop {c}, s = 3"  # the full model's stride, at the same crop''',
+        plot_args=', reference=REFERENCE'),
     "table4_patch_size": dict(
         item="table4", target="table4",
         title="Table 4: graph patch size l",
         intro="Size of the graph patches l = 3, 5, 7 (stride 3, k = 5).",
-        grid='''rows = [Row(f"l = {l}", lab.train_eval(model_config={"patch_size": l}), {"Rain200H": paper.TABLE4[l]}, x=l)
-        for l in (3, 5, 7)]''', plot_args=', xlabel="graph patch size l"'),
+        grid='''rows = [Row(f"l = {l}", lab.train_eval_seeds(model_config={"patch_size": l}), {"Rain200H": paper.TABLE4[l]}, x=l)
+        for l in (3, 5, 7)]''', plot_args=', xlabel="graph patch size l", reference="l = 3"'),
     "table5_neighbours": dict(
         item="table5", target="table5",
         title="Table 5: number of nearest neighbours k",
         intro="Neighbours per graph patch k = 3, 5, 7.",
-        grid='''rows = [Row(f"k = {k}", lab.train_eval(model_config={"k": k}), {"Rain200H": paper.TABLE5[k]}, x=k)
-        for k in (3, 5, 7)]''', plot_args=', xlabel="neighbours k"'),
+        grid='''rows = [Row(f"k = {k}", lab.train_eval_seeds(model_config={"k": k}), {"Rain200H": paper.TABLE5[k]}, x=k)
+        for k in (3, 5, 7)]''', plot_args=', xlabel="neighbours k", reference="k = 5"'),
     "fig7_subnetworks": dict(
         item="fig7", target="fig7",
         title="Figure 7: number of sub-networks N",
@@ -203,9 +209,10 @@ for c in (64, 48):
                "in the text) and states 1.55 M parameters at N = 2; with N = 1 the graph features feed nothing, "
                "as in the official code."),
         extra_params='\nn_values = [1, 2, 3, 4]',
-        grid='''rows = [Row(f"N = {n}", lab.train_eval(model_config={"n_subnets": n}), {"Rain200H": paper.fig7(n)}, x=n)
+        grid='''rows = [Row(f"N = {n}", lab.train_eval_seeds(model_config={"n_subnets": n}), {"Rain200H": paper.fig7(n)}, x=n)
         for n in n_values]''',
-        plot_args=', plot="sweep", xlabel="sub-networks N", paper_params_m=paper.FIG7_PARAMS_M'),
+        plot_args=', plot="sweep", xlabel="sub-networks N", paper_params_m=paper.FIG7_PARAMS_M,'
+                  ' reference="N = 4" if 4 in n_values else None'),
     "fig8_multiscale": dict(
         item="fig8", target="fig8",
         title="Figure 8: multi-scale internal inputs on a real image",
@@ -215,12 +222,12 @@ for c in (64, 48):
         extra_params=('\nreal_image = "../../shared/data/nlcl_realrain/rainy"  # file or folder (first image); '
                       'missing: a test image\nmax_side = 256'),
         grid='''GRID = {"O": (1,), "O + O/2": (1, 2), "O + O/2 + O/4 (default)": (1, 2, 4)}
-rows = [Row(name, lab.train_eval(model_config={"scales": list(sc)}), {}, x=len(sc)) for name, sc in GRID.items()]
+rows = [Row(name, lab.train_eval_seeds(model_config={"scales": list(sc)}), {}, x=len(sc)) for name, sc in GRID.items()]
 image = lab.find_image(real_image)
 outs = [lab.derain_image(r.record, image, max_side) for r in rows]
 png = image_panel(lab.root / "fig8_real.png", TITLE,
                   [(f"rainy: {image.name}", lab.input_image(outs[0]))] + [(r.setting, o) for r, o in zip(rows, outs)])''',
-        after='display(Image(str(png)))'),
+        plot_args=', reference="O + O/2 + O/4 (default)"', after='display(Image(str(png)))'),
     "fig9_exemplar": dict(
         item="fig9", target="fig9",
         title="Figure 9: the exemplar branch on a real image",
@@ -229,13 +236,13 @@ png = image_panel(lab.root / "fig8_real.png", TITLE,
                "exemplar-policy notebook compares the rules."),
         extra_params=('\nreal_image = "../../shared/data/nlcl_realrain/rainy"  # file or folder (first image); '
                       'missing: a test image\nmax_side = 256'),
-        grid='''rows = [Row("without exemplar", lab.train_eval(model_config={"exemplar": False}, exemplar="none"), {}, x=0),
-        Row("with exemplar (random)", lab.train_eval(model_config={"exemplar": True}, exemplar="random"), {}, x=1)]
+        grid='''rows = [Row("without exemplar", lab.train_eval_seeds(model_config={"exemplar": False}, exemplar="none"), {}, x=0),
+        Row("with exemplar (random)", lab.train_eval_seeds(model_config={"exemplar": True}, exemplar="random"), {}, x=1)]
 image = lab.find_image(real_image)
 outs = [lab.derain_image(r.record, image, max_side) for r in rows]
 png = image_panel(lab.root / "fig9_real.png", TITLE,
                   [(f"rainy: {image.name}", lab.input_image(outs[0]))] + [(r.setting, o) for r, o in zip(rows, outs)])''',
-        after='display(Image(str(png)))'),
+        plot_args=', reference="with exemplar (random)"', after='display(Image(str(png)))'),
     "extra_code_vs_paper": dict(
         item="code_vs_paper", target="code-vs-paper",
         title="Beyond the paper: the official code vs the paper's description",
@@ -243,19 +250,19 @@ png = image_panel(lab.root / "fig9_real.png", TITLE,
                "`paper` variant follows the text where the two disagree (shared embedding trained through the "
                "graph, signed edge features, embedding aggregation, self-neighbour, 5x5 fusion, centred window; "
                "see derainkit/models/msgnn/config.py)."),
-        grid='''rows = [Row("variant = code (default)", lab.train_eval(model_config={"variant": "code"}), {}, x="code"),
-        Row("variant = paper", lab.train_eval(model_config={"variant": "paper"}), {}, x="paper")]''',
-        plot_args=', caveat=""'),
+        grid='''rows = [Row("variant = code (default)", lab.train_eval_seeds(model_config={"variant": "code"}), {}, x="code"),
+        Row("variant = paper", lab.train_eval_seeds(model_config={"variant": "paper"}), {}, x="paper")]''',
+        plot_args=', caveat="", reference="variant = code (default)"'),
     "extra_exemplar_policies": dict(
         item="exemplar_policies", target="exemplar-policies",
         title="Beyond the paper: exemplar pairing policies",
         intro=("How the training exemplar is chosen: `official` (the code's filesystem-order rule), `random` (the "
                "paper's text), `self` (the input itself), `retrieval` (the most similar rainy training image, the "
                "paper's future work), and `none` (no exemplar branch)."),
-        grid='''rows = [Row(f"exemplar = {pol}", lab.train_eval(exemplar=pol), {}, x=pol)
+        grid='''rows = [Row(f"exemplar = {pol}", lab.train_eval_seeds(exemplar=pol), {}, x=pol)
         for pol in ("official", "random", "self", "retrieval")]
-rows.append(Row("exemplar = none (branch off)", lab.train_eval(model_config={"exemplar": False}, exemplar="none"), {}, x="none"))''',
-        plot_args=', caveat=""'),
+rows.append(Row("exemplar = none (branch off)", lab.train_eval_seeds(model_config={"exemplar": False}, exemplar="none"), {}, x="none"))''',
+        plot_args=', caveat="", reference="exemplar = official"'),
     "extra_protocol_gap": dict(
         item="protocol_gap", target="protocol-gap",
         title="Beyond the paper: the metric-protocol gap",

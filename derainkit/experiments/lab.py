@@ -3,6 +3,7 @@
     lab = Lab(Profile(name="smoke"))                       # the notebook's parameters
     rec = lab.train_eval(model_config={"k": 7})            # train under the profile, score on its test set
     rec = lab.eval_weights("prenet", "PReNet6_net_latest.pth")
+    row = lab.train_eval_seeds(model_config={"k": 7})      # the same, once per profile seed: mean ± std
     rec = lab.eval_input()                                 # the rainy images themselves
     png = lab.derain_image(rec, "photo.jpg")               # a trained model on one (real) image
 
@@ -70,6 +71,7 @@ class Profile:
     run_overrides: dict = field(default_factory=lambda: dict(_SMOKE["run_overrides"]))  # other RunConfig keys
     device: str = _SMOKE["device"]
     protocols: tuple[str, ...] = tuple(_SMOKE["protocols"])
+    seeds: tuple[int, ...] = tuple(_SMOKE["seeds"])  # ablation rows train once per seed; single runs use the first
     force: bool = False            # recompute even when a record exists
     progress: bool = True
 
@@ -95,6 +97,11 @@ class Profile:
         allowed = (*PROTOCOLS, "niqe")  # niqe: no-reference, for photos without ground truth
         if not self.protocols or any(p not in allowed for p in self.protocols):
             raise ConfigError(f"protocols={list(self.protocols)}: choose from {list(allowed)}")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds) or any(
+                isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
+            raise ConfigError(f"seeds={list(self.seeds)} must be distinct non-negative integers (at least one)")
+        if "seed" in self.run_overrides:  # two sources for one fact: which seed would a single run use?
+            raise ConfigError("run_overrides sets 'seed': give the seeds parameter instead (single runs use its first)")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ConfigError(f"profile name {self.name!r} must be a plain folder name")
         spec = get_model_spec(self.model)
@@ -140,13 +147,16 @@ class Lab:
                 "500 epochs on other data sets: compare trends within a column, not values across columns.")
 
     def render(self, item: str, title: str, rows: Sequence[Any], plot: str | None = "bars", xlabel: str = "",
-               caveat: str | None = None, paper_params_m: Mapping[Any, float] | None = None) -> Path:
-        """Write ``<item>.csv/.md`` (and ``<item>.png`` unless ``plot`` is None) under the profile folder."""
+               caveat: str | None = None, paper_params_m: Mapping[Any, float] | None = None,
+               reference: str | Mapping[str, str] | None = None) -> Path:
+        """Write ``<item>.csv/.md`` (and ``<item>.png`` unless ``plot`` is None) under the profile folder;
+        ``reference``: the full-model row's setting, which each ablation row's verdict compares with."""
         from derainkit.experiments.tables import plot_sweep, plot_table, render_table
 
         p = self.profile
         md = render_table(self.root, item, title, rows, profile=p.name, protocols=list(p.protocols),
-                          test_data=p.test_data, caveat=self.caveat() if caveat is None else caveat)
+                          test_data=p.test_data, caveat=self.caveat() if caveat is None else caveat,
+                          reference=reference)
         if plot == "bars":
             plot_table(self.root / f"{item}.png", title, rows, p.protocols[0], xlabel)
         elif plot == "sweep":
@@ -235,7 +245,7 @@ class Lab:
         # data, crops, batch and schedule length (one budget for every row of a table).
         recipe = {} if model == p.model else {k: v for k, v in spec.run_recipe().items() if k not in _SCHEDULE_KEYS}
         data = dict(recipe, model=model, model_config=mc, train_data=p.train_data, val_data=None,
-                    iterations=p.iterations, crop=p.crop, batch=p.batch, device=p.device,
+                    iterations=p.iterations, crop=p.crop, batch=p.batch, device=p.device, seed=p.seeds[0],
                     out_dir=str(self.root / "train"))
         data.update(p.run_overrides)
         data.update(overrides)
@@ -273,6 +283,17 @@ class Lab:
 
         return self.store.ensure(spec, compute, force=self.profile.force)
 
+    def train_eval_seeds(self, model: str = "msgnn", model_config: Mapping[str, Any] | None = None,
+                         **overrides: Any) -> dict[str, Any]:
+        """:meth:`train_eval` once per profile seed (one stored record each, so seeds accumulate and are
+        reused), folded into one row: metric means with their standard deviations
+        (:func:`derainkit.experiments.seeds.replicate`), the seeds' records under ``records``."""
+        from derainkit.experiments.seeds import replicate
+
+        if "seed" in overrides:
+            raise ConfigError("train_eval_seeds trains every profile seed: set the profile's seeds, not seed=")
+        return replicate([self.train_eval(model, model_config, **overrides, seed=s) for s in self.profile.seeds])
+
     def eval_weights(self, model: str, weights: str | Path, model_config: Mapping[str, Any] | None = None
                      ) -> dict[str, Any]:
         """Score given weights (official peers, or the kit's shipped model) on the profile's test set."""
@@ -299,11 +320,15 @@ class Lab:
     def derain_image(self, record: Mapping[str, Any], image: str | Path, max_side: int = 512,
                      weights: str | Path | None = None, layers: bool = False) -> Path:
         """Derain one image (downscaled to ``max_side``) with a stored run's model: a train_eval record, or
-        an eval_weights record together with its ``weights`` file. The PNG (and the resized input as
+        an eval_weights record together with its ``weights`` file (a row of several seeds: its first seed's
+        model). The PNG (and the resized input as
         ``<key>/input.png``, and with ``layers`` the rain layer as ``<key>/rain.png``) is stored, keyed by
         run, image content and size."""
         from derainkit.data import file_sha256
 
+        from derainkit.experiments.seeds import seed_records
+
+        record = seed_records(record)[0]
         image = Path(image)
         if not image.is_file():
             raise DerainkitError(f"{image}: image not found")

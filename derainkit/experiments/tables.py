@@ -3,7 +3,9 @@
 A rendered table is a pure function of the records and the quoted values (no clocks, no machine
 state), so re-rendering unchanged records writes byte-identical files. Every number is labelled:
 ours are "measured here" with their protocol, data set, image count and schedule; the paper's are
-"quoted" with their table, data set and protocol. Rows we could not run say why.
+"quoted" with their table, data set and protocol. Rows we could not run say why. A row trained under
+several seeds (:mod:`derainkit.experiments.seeds`) shows mean ± standard deviation, keeps each seed's value
+in the CSV, and, given the table's full-model ``reference`` row, the verdict on the paper's difference.
 """
 from __future__ import annotations
 
@@ -12,9 +14,10 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, Union
 
 from derainkit.errors import DerainkitError
+from derainkit.experiments import seeds as sd
 from derainkit.experiments.paper_values import PAPER_PROTOCOL, Quoted
 from derainkit.experiments.store import writes_outputs
 from derainkit.fsutil import atomic_path, atomic_write_text
@@ -41,27 +44,109 @@ def _pair(psnr: float | None, ssim: float | None) -> str:
     return f"{_fmt(psnr, 3)} / {_fmt(ssim, 4)}"
 
 
-def table_rows(item: str, rows: Sequence[Row], protocols: Sequence[str], test_data: str) -> list[dict[str, Any]]:
-    """The CSV rows: one per (setting, protocol) for ours and one per paper data set, each labelled."""
+def _cell(m: Mapping[str, Any]) -> str:
+    """PSNR / SSIM of our row; over several seeds, mean ± standard deviation of each."""
+    if m.get("n", 1) < 2 or m.get("psnr_std") is None:
+        return _pair(m.get("psnr"), m.get("ssim"))
+    return f"{m['psnr']:.3f} ± {m['psnr_std']:.3f} / {m['ssim']:.4f} ± {m['ssim_std']:.4f}"
+
+
+References = Union[str, Mapping[str, str], None]  # a table's full-model row: its setting, or one per row
+
+
+def verdict_protocol(protocols: Sequence[str]) -> str:
+    """The protocol verdicts use: the paper's (msgnn-rgb) when measured, else the first."""
+    return "msgnn-rgb" if "msgnn-rgb" in protocols else protocols[0]
+
+
+def _paper_psnr(row: Row) -> tuple[str, float] | None:
+    return next(((d, q.psnr) for d, q in row.quoted.items() if q.psnr is not None), None)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A row against its table's full-model row: the paper's PSNR difference, ours, and the verdict."""
+
+    reference: str
+    paper_diff: float | None
+    ours: Mapping[str, sd.Difference | None]  # protocol -> our difference
+    verdict: str
+
+
+def comparisons(rows: Sequence[Row], reference: References, protocols: Sequence[str]) -> dict[str, Comparison]:
+    """Setting -> :class:`Comparison` for every row that has a reference row (``reference``: the setting of
+    the table's full-model row, or a mapping from each row's setting to its own reference's setting)."""
+    if not reference:
+        return {}
+    by_setting = {r.setting: r for r in rows}
+    refs = {r.setting: reference for r in rows} if isinstance(reference, str) else dict(reference)
+    unknown = sorted({v for v in refs.values() if v not in by_setting})
+    if unknown:
+        raise DerainkitError(f"reference row(s) {unknown} are not settings of this table")
+    out: dict[str, Comparison] = {}
+    vproto = verdict_protocol(protocols)
+    for row in rows:
+        ref_setting = refs.get(row.setting)
+        if ref_setting is None:
+            continue
+        if ref_setting == row.setting:
+            out[row.setting] = Comparison(ref_setting, None, {}, sd.REFERENCE)
+            continue
+        ref = by_setting[ref_setting]
+        mine = _paper_psnr(row)
+        theirs = ref.quoted.get(mine[0]) if mine else None  # the paper's reference row, same data set
+        paper_diff = round(mine[1] - theirs.psnr, 3) if mine and theirs and theirs.psnr is not None else None
+        ours = {p: sd.difference(row.record, ref.record, p) for p in protocols}
+        out[row.setting] = Comparison(ref_setting, paper_diff, ours, sd.verdict(paper_diff, ours.get(vproto)))
+    return out
+
+
+def _ours(item: str, row: Row, rec: Mapping[str, Any] | None, proto: str, test_data: str,
+          source: str) -> dict[str, Any]:
+    m = (rec or {}).get("metrics", {}).get(proto) if rec else None
+    prov = (rec or {}).get("provenance", {})
+    run = (rec or {}).get("run", {})
+    rounded = lambda name, digits: round(m[name], digits) if m and m.get(name) is not None else ""  # noqa: E731
+    return {
+        "item": item, "setting": row.setting, "x": "" if row.x is None else row.x,
+        "source": source if m else f"not run: {row.why_not_run or 'no record'}",
+        "dataset": test_data, "protocol": proto, "images": (rec or {}).get("n_images", ""),
+        "seed": sd.seed_of(rec) if rec and not sd.is_replicate(rec) else "",
+        "n_seeds": m.get("n", 1) if m else "",
+        "psnr": rounded("psnr", 4), "psnr_std": rounded("psnr_std", 4),
+        "ssim": rounded("ssim", 5), "ssim_std": rounded("ssim_std", 5),
+        "input_psnr": rounded("input_psnr", 4),
+        "iterations": run.get("iterations", (rec or {}).get("run_config", {}).get("iterations", "")),
+        "parameters": (rec or {}).get("parameters", ""),
+        "record": (rec or {}).get("key", ""), "commit": prov.get("commit", ""),
+        "device": prov.get("device", ""), "note": "",
+    }
+
+
+def table_rows(item: str, rows: Sequence[Row], protocols: Sequence[str], test_data: str,
+               reference: References = None) -> list[dict[str, Any]]:
+    """The CSV rows: per (setting, protocol) ours (over several seeds: the mean, then each seed's value)
+    and one per paper data set, each labelled; with a ``reference``, the differences and the verdict."""
     out: list[dict[str, Any]] = []
+    comps = comparisons(rows, reference, protocols)
+    vproto = verdict_protocol(protocols)
     for row in rows:
         rec = row.record
+        comp = comps.get(row.setting)
         for proto in protocols:
-            m = (rec or {}).get("metrics", {}).get(proto) if rec else None
-            prov = (rec or {}).get("provenance", {})
-            run = (rec or {}).get("run", {})
-            out.append({
-                "item": item, "setting": row.setting, "x": "" if row.x is None else row.x,
-                "source": "measured here" if m else f"not run: {row.why_not_run or 'no record'}",
-                "dataset": test_data, "protocol": proto,
-                "images": (rec or {}).get("n_images", ""),
-                "psnr": round(m["psnr"], 4) if m else "", "ssim": round(m["ssim"], 5) if m else "",
-                "input_psnr": round(m["input_psnr"], 4) if m and "input_psnr" in m else "",
-                "iterations": run.get("iterations", (rec or {}).get("run_config", {}).get("iterations", "")),
-                "parameters": (rec or {}).get("parameters", ""),
-                "record": (rec or {}).get("key", ""), "commit": prov.get("commit", ""),
-                "device": prov.get("device", ""), "note": "",
-            })
+            line = _ours(item, row, rec, proto, test_data,
+                         "measured here" if not sd.is_replicate(rec) else "measured here (mean over seeds)")
+            if comp is not None:
+                d = comp.ours.get(proto)
+                line.update(reference=comp.reference,
+                            paper_diff="" if comp.paper_diff is None else comp.paper_diff,
+                            our_diff="" if d is None else round(d.mean, 4),
+                            our_diff_se="" if d is None or d.se is None else round(d.se, 4),
+                            verdict=comp.verdict if proto == vproto else "")
+            out.append(line)
+            if sd.is_replicate(rec) and len(rec["records"]) > 1:
+                out += [_ours(item, row, r, proto, test_data, f"measured here (seed {sd.seed_of(r)})")
+                        for r in rec["records"]]
         for dataset, q in row.quoted.items():
             out.append({
                 "item": item, "setting": row.setting, "x": "" if row.x is None else row.x,
@@ -74,17 +159,23 @@ def table_rows(item: str, rows: Sequence[Row], protocols: Sequence[str], test_da
     return out
 
 
-_CSV_FIELDS = ["item", "setting", "x", "source", "dataset", "protocol", "images", "psnr", "ssim", "input_psnr",
-               "iterations", "parameters", "record", "commit", "device", "note"]
+_CSV_FIELDS = ["item", "setting", "x", "source", "dataset", "protocol", "images", "seed", "n_seeds", "psnr",
+               "psnr_std", "ssim", "ssim_std", "input_psnr", "iterations", "parameters", "record", "commit", "device",
+               "note"]
+_VERDICT_FIELDS = ["reference", "paper_diff", "our_diff", "our_diff_se", "verdict"]
 
 
 def render_table(out_dir: str | Path, item: str, title: str, rows: Sequence[Row], *, profile: str,
-                 protocols: Sequence[str], test_data: str, caveat: str = "") -> Path:
-    """Write ``<out_dir>/<item>.csv`` and ``<item>.md``; returns the Markdown path."""
+                 protocols: Sequence[str], test_data: str, caveat: str = "", reference: References = None) -> Path:
+    """Write ``<out_dir>/<item>.csv`` and ``<item>.md``; returns the Markdown path. ``reference``: the
+    full-model row's setting (or a mapping setting -> its reference's setting) that the verdicts compare
+    each row with."""
     out_dir = _output_dir(out_dir)
-    flat = table_rows(item, rows, protocols, test_data)
+    flat = table_rows(item, rows, protocols, test_data, reference)
+    comps = comparisons(rows, reference, protocols)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=_CSV_FIELDS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=_CSV_FIELDS + (_VERDICT_FIELDS if comps else []), restval="",
+                       lineterminator="\n")
     w.writeheader()
     w.writerows(flat)
     atomic_write_text(out_dir / f"{item}.csv", buf.getvalue())
@@ -96,28 +187,43 @@ def render_table(out_dir: str | Path, item: str, title: str, rows: Sequence[Row]
     commits = sorted({r["provenance"].get("commit", "?") for r in recs if "provenance" in r})
     devices = sorted({r["provenance"].get("device", "?") for r in recs if "provenance" in r})
     images = sorted({str(r.get("n_images")) for r in recs if r.get("n_images")})
+    seed_lists = sorted({tuple(r["seeds"]) for r in recs if sd.is_replicate(r)})
+    seeds_text = ("; seeds " + " | ".join(", ".join(str(s) for s in x) for x in seed_lists) +
+                  (" (cells: mean ± standard deviation over seeds)" if any(len(x) > 1 for x in seed_lists) else "")
+                  if seed_lists else "")
     lines = [f"# {title}", "",
              f"- **Ours** (measured here, profile `{profile}`): test set `{test_data}`"
              f" ({', '.join(images) or '?'} images), protocols {', '.join(f'`{p}`' for p in protocols)};"
-             f" commit {', '.join(commits) or '-'}; device {', '.join(devices) or '-'}.",
+             f" commit {', '.join(commits) or '-'}; device {', '.join(devices) or '-'}{seeds_text}.",
              f"- **Paper** (quoted, not measured here): {', '.join(protos)}; data set(s) {', '.join(datasets) or '-'}."]
     if caveat:
         lines.append(f"- {caveat}")
+    if comps:
+        vproto = verdict_protocol(protocols)
+        lines.append(f"- **Verdicts** (README, \"Seeds and verdicts\"): each row's `{vproto}` PSNR difference to its "
+                     f"reference row against the paper's; resolved when beyond {sd.SE_FACTOR:g} standard errors "
+                     "(Welch, seeds unpaired); the Δ ours column shows mean ± 2 SE.")
     lines += ["", "Cells are PSNR (dB) / SSIM.", ""]
-    head = ["setting"] + [f"ours {p}" for p in protocols] + [f"paper {d}" for d in datasets] + ["notes"]
+    head = (["setting"] + [f"ours {p}" for p in protocols] + [f"paper {d}" for d in datasets]
+            + (["Δ paper (dB)", f"Δ ours (dB, {verdict_protocol(protocols)})", "verdict"] if comps else []) + ["notes"])
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for row in rows:
         cells = [row.setting]
         for p in protocols:
             m = (row.record or {}).get("metrics", {}).get(p)
-            cells.append(_pair(m["psnr"], m["ssim"]) if m else f"not run ({row.why_not_run or 'no record'})")
+            cells.append(_cell(m) if m else f"not run ({row.why_not_run or 'no record'})")
         notes = []
         for d in datasets:
             q = row.quoted.get(d)
             cells.append(_pair(q.psnr, q.ssim) if q else "–")
             if q and q.note and q.note not in row.setting:
                 notes.append(q.note)
+        if comps:
+            comp = comps.get(row.setting)
+            d = comp.ours.get(verdict_protocol(protocols)) if comp else None
+            cells += ["–" if comp is None or comp.paper_diff is None else f"{comp.paper_diff:+.3f}",
+                      "–" if d is None else d.text(), "–" if comp is None else comp.verdict]
         if row.record and row.record.get("parameters"):
             notes.append(f"{row.record['parameters']:,} parameters (ours)")
         cells.append("; ".join(dict.fromkeys(notes)))
@@ -144,9 +250,19 @@ def describe(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def _seed_psnrs(row: Row, protocol: str) -> list[float]:
+    return [r["metrics"][protocol]["psnr"] for r in sd.seed_records(row.record)
+            if (r.get("metrics") or {}).get(protocol, {}).get("psnr") is not None]
+
+
+def _std(row: Row, protocol: str) -> float:
+    return ((row.record or {}).get("metrics", {}).get(protocol) or {}).get("psnr_std") or 0.0
+
+
 def plot_table(out_png: str | Path, title: str, rows: Sequence[Row], protocol: str, xlabel: str = "") -> Path:
-    """Two panels: our PSNR per setting (measured) and the paper's (quoted), never on one axis, since
-    they come from different data sets and schedules."""
+    """Two panels: our PSNR per setting (measured; over seeds: the mean with ± one standard deviation and
+    each seed's point) and the paper's (quoted), never on one axis, since they come from different data
+    sets and schedules."""
     plt = _pyplot()
 
     labels = [r.setting for r in rows]
@@ -159,7 +275,13 @@ def plot_table(out_png: str | Path, title: str, rows: Sequence[Row], protocol: s
         xs = list(range(len(labels)))
         got = [(x, v) for x, v in zip(xs, vals) if v is not None]
         if got:
-            ax.bar([x for x, _ in got], [v for _, v in got], color=colour)
+            spread = {x: _std(rows[x], protocol) if vals is ours else 0.0 for x, _ in got}
+            ax.bar([x for x, _ in got], [v for _, v in got], color=colour,
+                   yerr=[spread[x] for x, _ in got] if any(spread.values()) else None, capsize=3)
+            points = [(x, p) for x, _ in got for p in (_seed_psnrs(rows[x], protocol) if vals is ours else [])]
+            if len(points) > len(got):
+                ax.plot([x for x, _ in points], [p for _, p in points], "k.", ms=4, label="seeds")
+                got += points
             lo, hi = min(v for _, v in got), max(v for _, v in got)
             pad = max(0.05, (hi - lo) * 0.5)
             ax.set_ylim(lo - pad, hi + pad)
@@ -184,11 +306,16 @@ def plot_sweep(out_png: str | Path, title: str, rows: Sequence[Row], protocol: s
     """PSNR and parameter count against a swept value (Figure 7: number of sub-networks N)."""
     plt = _pyplot()
 
-    pts = [(r.x, r.record["metrics"][protocol]["psnr"], r.record.get("parameters"))
-           for r in rows if r.record and protocol in r.record.get("metrics", {})]
+    measured = [r for r in rows if r.record and protocol in r.record.get("metrics", {})]
+    pts = [(r.x, r.record["metrics"][protocol]["psnr"], r.record.get("parameters")) for r in measured]
     fig, ax = plt.subplots(figsize=(6, 3.6))
     if pts:
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color="tab:blue", label=f"ours PSNR ({protocol})")
+        spread = [_std(r, protocol) for r in measured]
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=spread if any(spread) else None, fmt="o-",
+                    color="tab:blue", capsize=3, label=f"ours PSNR ({protocol})")
+        seeds = [(r.x, v) for r in measured for v in _seed_psnrs(r, protocol)]
+        if len(seeds) > len(pts):
+            ax.plot([x for x, _ in seeds], [v for _, v in seeds], "k.", ms=4, label="ours, each seed")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("PSNR (dB), ours")
     ax2 = ax.twinx()

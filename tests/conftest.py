@@ -18,6 +18,18 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+def tiny_profile(tmp_path: Path, **changes):
+    """An experiments Profile that trains a 4-channel MSGNN for 2 iterations and scores 1 embedded image:
+    real Lab runs in a second or two."""
+    from derainkit.experiments import Profile
+
+    base = dict(name="t", results_dir=str(tmp_path / "results"), iterations=2, batch=1, crop=32, eval_limit=1,
+                model_config={"n_subnets": 2, "m_blocks": 1, "channels": 4, "window_size": 6},
+                device="cpu", progress=False)
+    base.update(changes)
+    return Profile(**base)
+
+
 @pytest.fixture
 def shared():
     return shared_path

@@ -10,6 +10,8 @@ from derainkit.errors import ConfigError, DerainkitError
 from derainkit.experiments import Lab, Profile, Row, Store, paper_values as paper, render_table, spec_key
 from derainkit.experiments.tables import describe, plot_table
 
+from conftest import tiny_profile
+
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -67,17 +69,11 @@ def test_profile_parameters_are_strict():
 
 
 # ---------------------------------------------------------------------------------------------- lab
-def _profile(tmp_path, **kw) -> Profile:
-    base = dict(name="t", results_dir=str(tmp_path / "results"), iterations=2, batch=1, crop=32, eval_limit=1,
-                model_config={"n_subnets": 2, "m_blocks": 1, "channels": 4, "window_size": 6},
-                device="cpu", progress=False)
-    base.update(kw)
-    return Profile(**base)
 
 
 def test_lab_trains_scores_and_reuses(tmp_path, monkeypatch):
     monkeypatch.delenv("DERAINKIT_RESULTS", raising=False)
-    lab = Lab(_profile(tmp_path))
+    lab = Lab(tiny_profile(tmp_path))
     rec = lab.train_eval(model_config={"k": 3})
     assert rec["spec"]["kind"] == "train_eval" and rec["n_images"] == 1
     for proto in ("msgnn-rgb", "matlab-y"):
@@ -93,7 +89,7 @@ def test_lab_trains_scores_and_reuses(tmp_path, monkeypatch):
     import derainkit.train as train_mod
 
     monkeypatch.setattr(train_mod, "train", lambda *a, **k: pytest.fail("retrained a stored run"))
-    again = Lab(_profile(tmp_path)).train_eval(model_config={"k": 3})
+    again = Lab(tiny_profile(tmp_path)).train_eval(model_config={"k": 3})
     assert again == rec
     # A different grid cell is a different record.
     assert spec_key(rec["spec"]) != spec_key({**rec["spec"], "test": {}})
@@ -105,8 +101,8 @@ def test_data_identity_is_content_not_path(tmp_path, monkeypatch):
 
     copy = tmp_path / "elsewhere"
     shutil.copytree(embedded_root("test"), copy)
-    a = Lab(_profile(tmp_path))
-    b = Lab(_profile(tmp_path, test_data=str(copy)))
+    a = Lab(tiny_profile(tmp_path))
+    b = Lab(tiny_profile(tmp_path, test_data=str(copy)))
     assert a._test_spec() == b._test_spec()
     ra = a.eval_input()
     rb = b.eval_input()
@@ -116,7 +112,7 @@ def test_data_identity_is_content_not_path(tmp_path, monkeypatch):
 
 def test_results_env_overrides_the_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("DERAINKIT_RESULTS", str(tmp_path / "scratch"))
-    lab = Lab(_profile(tmp_path))
+    lab = Lab(tiny_profile(tmp_path))
     assert lab.root == tmp_path / "scratch" / "t"
 
 
@@ -176,7 +172,7 @@ def test_derain_image_is_stored_and_survives_missing_weights(tmp_path, monkeypat
     monkeypatch.delenv("DERAINKIT_RESULTS", raising=False)
     from derainkit.io import read_image
 
-    lab = Lab(_profile(tmp_path))
+    lab = Lab(tiny_profile(tmp_path))
     rec = lab.train_eval()
     image = lab.find_image(tmp_path / "no-such-folder")  # falls back to the first test image
     assert image.is_file()

@@ -12,6 +12,8 @@ from derainkit.experiments import paper_values as paper
 from derainkit.experiments import seeds as sd
 from derainkit.experiments.tables import comparisons, plot_sweep, plot_table
 
+from conftest import tiny_profile
+
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
@@ -117,14 +119,6 @@ def test_reference_must_be_a_row_and_single_records_keep_their_table(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- the Lab
-def _profile(tmp_path, **kw) -> Profile:
-    base = dict(name="t", results_dir=str(tmp_path / "results"), iterations=2, batch=1, crop=32, eval_limit=1,
-                model_config={"n_subnets": 2, "m_blocks": 1, "channels": 4, "window_size": 6},
-                device="cpu", progress=False)
-    base.update(kw)
-    return Profile(**base)
-
-
 def test_profile_seeds_are_checked():
     assert Profile().seeds == (66,)
     assert Profile.from_params(seeds=[66, 1, 2]).seeds == (66, 1, 2)
@@ -137,7 +131,7 @@ def test_profile_seeds_are_checked():
 
 def test_lab_trains_once_per_seed_and_reuses(tmp_path, monkeypatch):
     monkeypatch.delenv("DERAINKIT_RESULTS", raising=False)
-    lab = Lab(_profile(tmp_path, seeds=(66, 3)))
+    lab = Lab(tiny_profile(tmp_path, seeds=(66, 3)))
     row = lab.train_eval_seeds(model_config={"k": 3})
     keys = [r["key"] for r in row["records"]]
     assert row["seeds"] == [66, 3] and len(set(keys)) == 2
@@ -153,7 +147,7 @@ def test_lab_trains_once_per_seed_and_reuses(tmp_path, monkeypatch):
     trained = []
     real = train_mod.train
     monkeypatch.setattr(train_mod, "train", lambda cfg, **kw: trained.append(cfg.seed) or real(cfg, **kw))
-    more = Lab(_profile(tmp_path, seeds=(66, 3, 5))).train_eval_seeds(model_config={"k": 3})
+    more = Lab(tiny_profile(tmp_path, seeds=(66, 3, 5))).train_eval_seeds(model_config={"k": 3})
     assert trained == [5] and [r["key"] for r in more["records"]][:2] == keys
     with pytest.raises(ConfigError, match="seeds"):
         lab.train_eval_seeds(seed=1)

@@ -325,7 +325,6 @@ class Lab:
         ``<key>/input.png``, and with ``layers`` the rain layer as ``<key>/rain.png``) is stored, keyed by
         run, image content and size."""
         from derainkit.data import file_sha256
-
         from derainkit.experiments.seeds import seed_records
 
         record = seed_records(record)[0]

@@ -109,7 +109,8 @@ class Difference:
         return f"{self.mean:+.3f} ± {SE_FACTOR * self.se:.3f}"
 
 
-def _psnrs(record: Mapping[str, Any], protocol: str) -> list[float]:
+def seed_psnrs(record: Mapping[str, Any] | None, protocol: str) -> list[float]:
+    """Each seed's PSNR under ``protocol`` (the measured ones) of a row or a single record."""
     return [r["metrics"][protocol]["psnr"] for r in seed_records(record)
             if (r.get("metrics") or {}).get(protocol, {}).get("psnr") is not None]
 
@@ -118,7 +119,7 @@ def difference(row: Mapping[str, Any] | None, reference: Mapping[str, Any] | Non
                protocol: str) -> Difference | None:
     """Ours: the row's mean PSNR minus the reference row's, with the Welch standard error (None when either
     side has no measurement)."""
-    a, b = _psnrs(row or {}, protocol), _psnrs(reference or {}, protocol)
+    a, b = seed_psnrs(row, protocol), seed_psnrs(reference, protocol)
     if not a or not b:
         return None
     (ma, sa), (mb, sb) = mean_std(a), mean_std(b)

@@ -127,8 +127,12 @@ def table_rows(item: str, rows: Sequence[Row], protocols: Sequence[str], test_da
                reference: References = None) -> list[dict[str, Any]]:
     """The CSV rows: per (setting, protocol) ours (over several seeds: the mean, then each seed's value)
     and one per paper data set, each labelled; with a ``reference``, the differences and the verdict."""
+    return _table_rows(item, rows, protocols, test_data, comparisons(rows, reference, protocols))
+
+
+def _table_rows(item: str, rows: Sequence[Row], protocols: Sequence[str], test_data: str,
+                comps: Mapping[str, Comparison]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    comps = comparisons(rows, reference, protocols)
     vproto = verdict_protocol(protocols)
     for row in rows:
         rec = row.record
@@ -171,8 +175,9 @@ def render_table(out_dir: str | Path, item: str, title: str, rows: Sequence[Row]
     full-model row's setting (or a mapping setting -> its reference's setting) that the verdicts compare
     each row with."""
     out_dir = _output_dir(out_dir)
-    flat = table_rows(item, rows, protocols, test_data, reference)
     comps = comparisons(rows, reference, protocols)
+    vproto = verdict_protocol(protocols)
+    flat = _table_rows(item, rows, protocols, test_data, comps)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=_CSV_FIELDS + (_VERDICT_FIELDS if comps else []), restval="",
                        lineterminator="\n")
@@ -199,13 +204,12 @@ def render_table(out_dir: str | Path, item: str, title: str, rows: Sequence[Row]
     if caveat:
         lines.append(f"- {caveat}")
     if comps:
-        vproto = verdict_protocol(protocols)
         lines.append(f"- **Verdicts** (README, \"Seeds and verdicts\"): each row's `{vproto}` PSNR difference to its "
                      f"reference row against the paper's; resolved when beyond {sd.SE_FACTOR:g} standard errors "
                      "(Welch, seeds unpaired); the Δ ours column shows mean ± 2 SE.")
     lines += ["", "Cells are PSNR (dB) / SSIM.", ""]
     head = (["setting"] + [f"ours {p}" for p in protocols] + [f"paper {d}" for d in datasets]
-            + (["Δ paper (dB)", f"Δ ours (dB, {verdict_protocol(protocols)})", "verdict"] if comps else []) + ["notes"])
+            + (["Δ paper (dB)", f"Δ ours (dB, {vproto})", "verdict"] if comps else []) + ["notes"])
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for row in rows:
@@ -221,7 +225,7 @@ def render_table(out_dir: str | Path, item: str, title: str, rows: Sequence[Row]
                 notes.append(q.note)
         if comps:
             comp = comps.get(row.setting)
-            d = comp.ours.get(verdict_protocol(protocols)) if comp else None
+            d = comp.ours.get(vproto) if comp else None
             cells += ["–" if comp is None or comp.paper_diff is None else f"{comp.paper_diff:+.3f}",
                       "–" if d is None else d.text(), "–" if comp is None else comp.verdict]
         if row.record and row.record.get("parameters"):
@@ -250,11 +254,6 @@ def describe(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def _seed_psnrs(row: Row, protocol: str) -> list[float]:
-    return [r["metrics"][protocol]["psnr"] for r in sd.seed_records(row.record)
-            if (r.get("metrics") or {}).get(protocol, {}).get("psnr") is not None]
-
-
 def _std(row: Row, protocol: str) -> float:
     return ((row.record or {}).get("metrics", {}).get(protocol) or {}).get("psnr_std") or 0.0
 
@@ -278,7 +277,7 @@ def plot_table(out_png: str | Path, title: str, rows: Sequence[Row], protocol: s
             spread = {x: _std(rows[x], protocol) if vals is ours else 0.0 for x, _ in got}
             ax.bar([x for x, _ in got], [v for _, v in got], color=colour,
                    yerr=[spread[x] for x, _ in got] if any(spread.values()) else None, capsize=3)
-            points = [(x, p) for x, _ in got for p in (_seed_psnrs(rows[x], protocol) if vals is ours else [])]
+            points = [(x, p) for x, _ in got if vals is ours for p in sd.seed_psnrs(rows[x].record, protocol)]
             if len(points) > len(got):
                 ax.plot([x for x, _ in points], [p for _, p in points], "k.", ms=4, label="seeds")
                 got += points
@@ -313,7 +312,7 @@ def plot_sweep(out_png: str | Path, title: str, rows: Sequence[Row], protocol: s
         spread = [_std(r, protocol) for r in measured]
         ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=spread if any(spread) else None, fmt="o-",
                     color="tab:blue", capsize=3, label=f"ours PSNR ({protocol})")
-        seeds = [(r.x, v) for r in measured for v in _seed_psnrs(r, protocol)]
+        seeds = [(r.x, v) for r in measured for v in sd.seed_psnrs(r.record, protocol)]
         if len(seeds) > len(pts):
             ax.plot([x for x, _ in seeds], [v for _, v in seeds], "k.", ms=4, label="ours, each seed")
     ax.set_xlabel(xlabel)

@@ -117,33 +117,38 @@ NOTEBOOKS = {
                       '\npeer_model_configs = {m: {"preset": "small"} for m in ("dcsfn", "mspfn", "rcdnet", "dualgcn", "moss")}'
                       '\npeer_model_configs["nlcl"] = {"channels": 8, "res_blocks": 4, "disc_channels": 16, "head_channels": 32}'
                       '\npeer_task_configs = {"nlcl": {"loss": {"gen_layers": [0, 2, 4], "num_patches": 64, "num_neg": 32}}}'),
-        grid='''from derainkit.models import get_model_spec
+        grid='''from derainkit.experiments import costs
+from derainkit.models import get_model_spec
 
 lab = Lab.from_namespace({**globals(), "eval_limit": table1_eval_limit})
 wdir = Path(weights_dir) if weights_dir else Path("/nonexistent")
 
-def quoted(method):
-    return {d: paper.table1(method, d) for d in paper.TABLE1_DATASETS}
+def quoted(method):  # the MSGNN paper's Table 1, then the method's own published Rain100L/H figures
+    return {**{d: paper.table1(method, d) for d in paper.TABLE1_DATASETS}, **paper.PEERS_OWN.get(method, {})}
+
+figures = costs.bench_figures()  # make bench's step and 1 MP times, attached to rows of the same model size
 
 def official(setting, model, path, quotes=None):
     path = Path(path) if path else None
     rec = lab.eval_weights(model, path) if path and path.is_file() else None
-    return Row(setting, rec, quotes or {}, why_not_run=f"weights not found: {path}")
+    return Row(setting, rec, quotes or {}, why_not_run=f"weights not found: {path}",
+               extra=costs.row_costs(model, rec, figures))
 
 def trained(setting, model, quotes=None):
     if model not in train_peers:
-        return Row(setting, None, quotes or {}, why_not_run=lab.training_cost(model))
+        return Row(setting, None, quotes or {}, why_not_run=lab.training_cost(model),
+                   extra=costs.row_costs(model, None, figures))
     rec = lab.train_eval(model=model, model_config=peer_model_configs.get(model), task_config=peer_task_configs.get(model, {}))
-    return Row(setting, rec, quotes or {})
+    return Row(setting, rec, quotes or {}, extra=costs.row_costs(model, rec, figures))
 
 rows = [Row("rainy input", lab.eval_input(), {})]
-rows.append(official("PReNet (official Rain100L weights)", "prenet", prenet_weights,
-                     {**quoted("PReNet"), "Rain100L": paper.PRENET_RAIN100L}))
+rows.append(official("PReNet (official Rain100L weights)", "prenet", prenet_weights, quoted("PReNet")))
 for name, model, file in (("PRN", "prn", "PRN6"), ("PReNet_r", "prenet_r", "PReNet6_r"), ("PRN_r", "prn_r", "PRN6_r")):
     rows.append(official(f"{name} (official Rain100L weights)", model, wdir / "prenet" / "Rain100L" / f"{file}_net_latest.pth"))
 shipped = Path(msgnn_weights) if msgnn_weights else get_model_spec("msgnn").default_weights
 rows.append(official("MSGNN (kit's shipped checkpoint)", "msgnn", shipped, quoted("MSGNN")))
-rows.append(Row("MSGNN (trained in this profile)", lab.train_eval(), quoted("MSGNN")))
+msgnn_rec = lab.train_eval()
+rows.append(Row("MSGNN (trained in this profile)", msgnn_rec, quoted("MSGNN"), extra=costs.row_costs("msgnn", msgnn_rec, figures)))
 for method, model in (("RESCAN", "rescan"), ("SpaNet", "spanet"), ("DCSFN", "dcsfn"), ("MSPFN", "mspfn"),
                       ("RCDNet", "rcdnet"), ("DualGCN", "dualgcn"), ("MCDSS", "moss")):
     rows.append(trained(f"{method} (trained by the kit in this profile, its own loss)", model, quoted(method)))
@@ -156,7 +161,7 @@ rows.append(trained("NLCL (trained unpaired by the kit: rainy half vs the other 
 from derainkit.experiments import unirain_study
 rows.append(Row("UniRain (trained by the kit as in the UniRain notebook: four-type mix of the training pairs)",
                 unirain_study.table1_record(lab), {}))''',
-        plot_args=', plot=None'),
+        plot_args=', plot=None, footnotes=[costs.cost_note(figures)]'),
     "table2_components": dict(
         item="table2", target="table2",
         title="Table 2: ablation of the components (M1-M6)",

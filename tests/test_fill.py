@@ -153,6 +153,29 @@ def _lab_filler(results: str, out: str) -> None:
 
 
 @pytest.mark.slow
+def test_a_failing_cell_is_a_one_line_notebook_error_with_its_parts(tmp_path):
+    import nbformat
+
+    from derainkit.errors import DerainkitError
+    from derainkit.experiments.run_notebook import NotebookError, run
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    params = nbformat.v4.new_code_cell("x = 1")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell("raise ValueError(f'bad x {x}')")]
+    path, out = tmp_path / "fails.ipynb", tmp_path / "out" / "fails.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(NotebookError) as info:
+        run(path, out, {"x": 7}, tmp_path, progress=False)
+    err = info.value
+    assert isinstance(err, DerainkitError) and "\n" not in str(err)
+    # cell 3 by execution count: papermill runs its injected-parameters cell after ours
+    assert (err.cell, err.ename, err.evalue) == (3, "ValueError", "bad x 7")
+    assert err.reason == f"{path}: cell 3 failed: ValueError: bad x 7"
+    assert str(err) == f"{err.reason} (the executed copy is {out})" and out.is_file()
+
+
 def test_two_labs_on_one_store_train_each_run_once(tmp_path):
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_lab_filler, args=(str(tmp_path / "results"), str(tmp_path / f"out{i}")))

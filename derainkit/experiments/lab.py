@@ -148,15 +148,16 @@ class Lab:
 
     def render(self, item: str, title: str, rows: Sequence[Any], plot: str | None = "bars", xlabel: str = "",
                caveat: str | None = None, paper_params_m: Mapping[Any, float] | None = None,
-               reference: str | Mapping[str, str] | None = None) -> Path:
+               reference: str | Mapping[str, str] | None = None, footnotes: Sequence[str] = ()) -> Path:
         """Write ``<item>.csv/.md`` (and ``<item>.png`` unless ``plot`` is None) under the profile folder;
-        ``reference``: the full-model row's setting, which each ablation row's verdict compares with."""
+        ``reference``: the full-model row's setting, which each ablation row's verdict compares with;
+        ``footnotes``: lines under the Markdown table."""
         from derainkit.experiments.tables import plot_sweep, plot_table, render_table
 
         p = self.profile
         md = render_table(self.root, item, title, rows, profile=p.name, protocols=list(p.protocols),
                           test_data=p.test_data, caveat=self.caveat() if caveat is None else caveat,
-                          reference=reference)
+                          reference=reference, footnotes=footnotes)
         if plot == "bars":
             plot_table(self.root / f"{item}.png", title, rows, p.protocols[0], xlabel)
         elif plot == "sweep":

@@ -98,6 +98,19 @@ def fig7(n: int) -> Quoted:
 # PReNet's own paper on Rain100L (the data set our Table 1 measures), as quoted in shared/README.md.
 PRENET_RAIN100L = Quoted(37.48, 0.979, "Rain100L", "PReNet paper (Ren et al., CVPR 2019)",
                          "PReNet's own evaluation", protocol="matlab-y (Y channel, MATLAB)")
+PRENET_RAIN100H = Quoted(29.46, 0.899, "Rain100H", "PReNet paper (Ren et al., CVPR 2019)",
+                         "PReNet's own evaluation", protocol="matlab-y (Y channel, MATLAB)")
+# The peers' own published Rain100L/H figures that our sources state (issue 14, from the RCDNet paper; PSNR
+# only). Each paper trained on its own schedule; quoted beside ours with its protocol, never compared as ours.
+PEERS_OWN = {
+    "RCDNet": {
+        "Rain100L": Quoted(40.00, None, "Rain100L", "RCDNet paper (Wang et al., CVPR 2020)", "RCDNet's own evaluation",
+                           protocol="Y channel"),
+        "Rain100H": Quoted(31.28, None, "Rain100H", "RCDNet paper (Wang et al., CVPR 2020)", "RCDNet's own evaluation",
+                           protocol="Y channel"),
+    },
+    "PReNet": {"Rain100L": PRENET_RAIN100L, "Rain100H": PRENET_RAIN100H},
+}
 
 
 def none(note: str = "no counterpart in the paper") -> Quoted:

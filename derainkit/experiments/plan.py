@@ -151,7 +151,7 @@ def walk(item: str, profile: str, mode: str = "plan", pairs: Sequence[tuple[str,
          only: Sequence[str] | None = None, results_dir: str | Path | None = None) -> Walk:
     """Execute ``item``'s notebook with the store in ``mode`` ("plan": compute nothing; "fill": compute the
     missing records no other worker holds, or only those in ``only``) and return what it saw."""
-    from derainkit.experiments.run_notebook import run
+    from derainkit.experiments.run_notebook import NotebookError, run
 
     params = notebook_parameters(item, profile, pairs, results_dir)
     with tempfile.TemporaryDirectory(prefix=f"derainkit-walk-{item}-") as tmp:
@@ -163,8 +163,10 @@ def walk(item: str, profile: str, mode: str = "plan", pairs: Sequence[tuple[str,
             try:
                 run(REPO / "notebooks" / f"{ITEMS[item]}.ipynb", Path(tmp) / f"{item}.ipynb", params, REPO / "notebooks",
                     progress=False)
+            except NotebookError as exc:  # the executed copy is in tmp, about to go: report the failure alone
+                result.error = exc.reason
             except DerainkitError as exc:
-                result.error = str(exc).split(" (the executed copy", 1)[0]
+                result.error = str(exc)
         if log.is_file():
             result.events = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     return result

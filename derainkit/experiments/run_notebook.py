@@ -82,8 +82,17 @@ def run(notebook: Path, output: Path, parameters: dict[str, Any], cwd: Path, pro
         papermill.execute_notebook(str(notebook), str(output), parameters=parameters, cwd=str(cwd),
                                    log_output=False, progress_bar=progress)
     except papermill.PapermillExecutionError as exc:
-        raise DerainkitError(f"{notebook}: cell {exc.exec_count} failed: {exc.ename}: {exc.evalue} "
-                             f"(the executed copy is {output})") from None
+        raise NotebookError(notebook, exc.exec_count, exc.ename, exc.evalue, output) from None
+
+
+class NotebookError(DerainkitError):
+    """A notebook cell raised: the message is one line naming the notebook, the cell and the executed copy;
+    ``reason`` is the failure alone (for callers that report it in their own words, e.g. ``plan``)."""
+
+    def __init__(self, notebook: Path, cell: int | None, ename: str, evalue: str, output: Path) -> None:
+        self.notebook, self.cell, self.ename, self.evalue, self.output = notebook, cell, ename, evalue, output
+        self.reason = f"{notebook}: cell {cell} failed: {ename}: {evalue}"
+        super().__init__(f"{self.reason} (the executed copy is {output})")
 
 
 @contextlib.contextmanager

@@ -32,6 +32,7 @@ class Row:
     quoted: Mapping[str, Quoted] = field(default_factory=dict)  # paper data set -> value
     why_not_run: str = ""
     x: Any = None  # the swept value (k, l, N, ...) for plots
+    extra: Mapping[str, str] = field(default_factory=dict)  # more columns (e.g. costs.cost_cells), shown before notes
 
 
 def _fmt(v: float | None, digits: int) -> str:
@@ -41,7 +42,7 @@ def _fmt(v: float | None, digits: int) -> str:
 def _pair(psnr: float | None, ssim: float | None) -> str:
     if psnr is None and ssim is None:
         return "–"
-    return f"{_fmt(psnr, 3)} / {_fmt(ssim, 4)}"
+    return f"{_fmt(psnr, 3) or '–'} / {_fmt(ssim, 4) or '–'}"
 
 
 def _cell(m: Mapping[str, Any]) -> str:
@@ -147,6 +148,7 @@ def _table_rows(item: str, rows: Sequence[Row], protocols: Sequence[str], test_d
                             our_diff="" if d is None else round(d.mean, 4),
                             our_diff_se="" if d is None or d.se is None else round(d.se, 4),
                             verdict=comp.verdict if proto == vproto else "")
+            line.update(row.extra)
             out.append(line)
             if sd.is_replicate(rec) and len(rec["records"]) > 1:
                 out += [_ours(item, row, r, proto, test_data, f"measured here (seed {sd.seed_of(r)})")
@@ -170,16 +172,18 @@ _VERDICT_FIELDS = ["reference", "paper_diff", "our_diff", "our_diff_se", "verdic
 
 
 def render_table(out_dir: str | Path, item: str, title: str, rows: Sequence[Row], *, profile: str,
-                 protocols: Sequence[str], test_data: str, caveat: str = "", reference: References = None) -> Path:
+                 protocols: Sequence[str], test_data: str, caveat: str = "", reference: References = None,
+                 footnotes: Sequence[str] = ()) -> Path:
     """Write ``<out_dir>/<item>.csv`` and ``<item>.md``; returns the Markdown path. ``reference``: the
     full-model row's setting (or a mapping setting -> its reference's setting) that the verdicts compare
-    each row with."""
+    each row with; ``footnotes``: lines printed under the table (e.g. where extra columns come from)."""
     out_dir = _output_dir(out_dir)
     comps = comparisons(rows, reference, protocols)
     vproto = verdict_protocol(protocols)
     flat = _table_rows(item, rows, protocols, test_data, comps)
+    extras = list(dict.fromkeys(k for r in rows for k in r.extra))
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=_CSV_FIELDS + (_VERDICT_FIELDS if comps else []), restval="",
+    w = csv.DictWriter(buf, fieldnames=_CSV_FIELDS + (_VERDICT_FIELDS if comps else []) + extras, restval="",
                        lineterminator="\n")
     w.writeheader()
     w.writerows(flat)
@@ -209,7 +213,7 @@ def render_table(out_dir: str | Path, item: str, title: str, rows: Sequence[Row]
                      "(Welch, seeds unpaired); the Δ ours column shows mean ± 2 SE.")
     lines += ["", "Cells are PSNR (dB) / SSIM.", ""]
     head = (["setting"] + [f"ours {p}" for p in protocols] + [f"paper {d}" for d in datasets]
-            + (["Δ paper (dB)", f"Δ ours (dB, {vproto})", "verdict"] if comps else []) + ["notes"])
+            + (["Δ paper (dB)", f"Δ ours (dB, {vproto})", "verdict"] if comps else []) + extras + ["notes"])
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for row in rows:
@@ -228,6 +232,7 @@ def render_table(out_dir: str | Path, item: str, title: str, rows: Sequence[Row]
             d = comp.ours.get(vproto) if comp else None
             cells += ["–" if comp is None or comp.paper_diff is None else f"{comp.paper_diff:+.3f}",
                       "–" if d is None else d.text(), "–" if comp is None else comp.verdict]
+        cells += [row.extra.get(k, "–") for k in extras]
         if row.record and row.record.get("parameters"):
             notes.append(f"{row.record['parameters']:,} parameters (ours)")
         cells.append("; ".join(dict.fromkeys(notes)))
@@ -239,6 +244,8 @@ def render_table(out_dir: str | Path, item: str, title: str, rows: Sequence[Row]
             lines += ["", "Input (rainy images, ours): " + ", ".join(
                 f"`{p}` {_pair(inputs[0]['metrics'][p]['input_psnr'], inputs[0]['metrics'][p]['input_ssim'])}"
                 for p in protocols if p in inputs[0]["metrics"])]
+    if footnotes:
+        lines += [""] + list(footnotes)
     md = out_dir / f"{item}.md"
     atomic_write_text(md, "\n".join(lines) + "\n")
     return md

@@ -331,17 +331,18 @@ rows = [Row("rainy input", lab.eval_input(), {}),
             why_not_run=f"weights not found: {weights}"),
         Row("NLCL, trained unpaired by the kit (symmetric layer loss, CVPR 2022)", trained, {}),
         Row(f"NLCL, trained unpaired by the kit (asymmetric layer loss, ours; ID ratio {ratio:.2f} from the training set)",
-            asymmetric, {})]''',
+            asymmetric, {})]
+niqe_notes = [study.niqe_note("the kit's symmetric run", trained_niqe)] if trained_niqe else []''',
         plot_args=', plot=None, caveat=("NLCL reports no Rain100L figure; the official weights were trained on real '
-                  'rain, ours unpaired on the profile\'s training set for a short schedule.")',
+                  'rain, ours unpaired on the profile\'s training set for a short schedule."), footnotes=niqe_notes',
         after='''notes = [f"Profile `{lab.profile.name}`; NIQE: LIVE release pristine model, full-size photos, outputs quantised as the official test saved them."]
 if shots:
     display(Markdown(render_rows(lab.root, "nlcl_photos", "NLCL official weights on real photos: NIQE", shots, notes).read_text()))
     display(Image(str(image_grid(lab.root / "nlcl_photos.png", "NLCL official weights on real rain", grid))))
-if trained_niqe:
-    m = trained_niqe["metrics"]["niqe"]
-    display(Markdown(f"Kit-trained NLCL on the photos: NIQE {m['niqe']:.3f} (input {m['input_niqe']:.3f}), "
-                     f"record `{trained_niqe['key']}`."))
+curves = lab.training_curves("nlcl_curves", "NLCL trained unpaired by the kit: training losses",
+                             {"symmetric (CVPR 2022)": trained, "asymmetric (ours)": asymmetric})
+if curves:
+    display(Image(str(curves)))
 display(Markdown(render_rows(lab.root, "nlcl_intrinsic_dim", "Intrinsic dimension of non-local background vs rain patches",
                              study.id_rows(ids), [f"record `{ids['key']}`; 8x8 patches, the 16 most similar in a 40-px window around 10 anchors per image"]).read_text()))'''),
     "unirain_four_types": dict(

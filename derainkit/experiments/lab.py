@@ -164,6 +164,17 @@ class Lab:
             plot_sweep(self.root / f"{item}.png", title, rows, p.protocols[0], xlabel, paper_params_m)
         return md
 
+    def training_curves(self, name: str, title: str, runs: Mapping[str, Mapping[str, Any] | None],
+                        columns: Sequence[str] | None = None) -> Path | None:
+        """``<name>.csv/.png``: the training-loss curves of stored train_eval records (label -> record), read from
+        their run folders' log.csv; records without a run folder here (planned, or trained elsewhere) are left
+        out. Returns the PNG, or None when no run has a log."""
+        from derainkit.experiments.tables import render_curves
+
+        logs = {label: self.root / rec["run"]["run_dir"] / "log.csv" for label, rec in runs.items()
+                if rec and not is_planned(rec) and (rec.get("run") or {}).get("run_dir")}
+        return render_curves(self.root, name, title, logs, columns)
+
     def output_path(self, name: str) -> Path:
         """Where a notebook writes a figure of its own: the profile folder (a plan or fill walk: a scratch one)."""
         from derainkit.experiments.tables import _output_dir

@@ -130,3 +130,13 @@ def id_rows(record: dict[str, Any]) -> list[dict[str, Any]]:
                          "rain ID [95% CI]": f"{r['dimension']:.2f} [{r['low']:.2f}, {r['high']:.2f}]",
                          "patches (B / R)": f"{b['points']} / {r['points']}", "verdict": study["verdict"][method]})
     return rows
+
+
+def niqe_note(what: str, record: dict[str, Any]) -> str:
+    """One line: NIQE of a stored no-reference record against its input's (lower is better), or why none."""
+    m = (record.get("metrics") or {}).get("niqe")
+    if not m:
+        return f"NIQE of {what} on the photos: not measured yet (record `{record.get('key')}`)."
+    change = "lower (better)" if m["niqe"] < m["input_niqe"] else "not lower"
+    return (f"NIQE of {what} on the {record.get('n_images', '?')} photos: {m['niqe']:.3f} against the input's "
+            f"{m['input_niqe']:.3f}, {change}; record `{record['key']}`.")

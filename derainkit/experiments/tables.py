@@ -396,6 +396,48 @@ def _output_dir(folder: str | Path) -> Path:
     return Path(scratch)
 
 
+def render_curves(out_dir: str | Path, name: str, title: str, logs: Mapping[str, Path],
+                  columns: Sequence[str] | None = None) -> Path | None:
+    """The logged training losses of several runs (their ``log.csv``; run folders are not committed, so this
+    keeps the curves): ``<name>.csv`` (run, iteration and every ``train_*`` column) and ``<name>.png``, one
+    panel per loss with a line per run. ``columns``: which losses to plot (default: all). None without logs."""
+    series: dict[str, list[dict[str, str]]] = {}
+    for label, path in logs.items():
+        if Path(path).is_file():
+            with open(path, newline="") as fh:
+                series[label] = [r for r in csv.DictReader(fh) if any(k.startswith("train_") and v for k, v in r.items())]
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        return None
+    losses = list(dict.fromkeys(k for rows in series.values() for k in rows[0] if k.startswith("train_")))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=["run", "iteration", *losses], restval="", extrasaction="ignore",
+                       lineterminator="\n")
+    w.writeheader()
+    for label, rows in series.items():
+        w.writerows({"run": label, **r} for r in rows)
+    out_dir = _output_dir(out_dir)
+    atomic_write_text(out_dir / f"{name}.csv", buf.getvalue())
+    shown = [c for c in losses if columns is None or c.removeprefix("train_") in columns]
+    plt = _pyplot()
+    cols = min(4, len(shown))
+    nrows = -(-len(shown) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False)
+    for ax, col in zip(axes.flat, shown):
+        for label, rows in series.items():
+            pts = [(float(r["iteration"]), float(r[col])) for r in rows if r.get(col)]
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker=".", label=label)
+        ax.set_title(col.removeprefix("train_"), fontsize=9)
+        ax.set_xlabel("iteration", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(shown):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, out_dir / f"{name}.png")
+
+
 def _pyplot():
     """matplotlib.pyplot on the file-only Agg backend (no display needed; notebooks show the PNGs)."""
     import matplotlib

@@ -152,7 +152,6 @@ def _lab_filler(results: str, out: str) -> None:
     Path(out).write_text(json.dumps([r["key"] for r in recs]))
 
 
-@pytest.mark.slow
 def test_a_failing_cell_is_a_one_line_notebook_error_with_its_parts(tmp_path):
     import nbformat
 
@@ -176,6 +175,7 @@ def test_a_failing_cell_is_a_one_line_notebook_error_with_its_parts(tmp_path):
     assert str(err) == f"{err.reason} (the executed copy is {out})" and out.is_file()
 
 
+@pytest.mark.slow
 def test_two_labs_on_one_store_train_each_run_once(tmp_path):
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_lab_filler, args=(str(tmp_path / "results"), str(tmp_path / f"out{i}")))

@@ -47,17 +47,25 @@ def _num(text: str | None) -> float | None:
         return None
 
 
+def bench_root(bench_dir: str | Path) -> Path:
+    root = Path(bench_dir)
+    return root if root.is_absolute() else REPO / root
+
+
+def peer_figures(path: Path) -> list[BenchFigure]:
+    """The timed rows of a ``peers_step`` CSV (``make bench``'s, or the quick run's); an inference row takes its
+    model's parameter count from the model's train_step row."""
+    peers = _read(path)
+    params = {r["model"]: int(r["params"]) for r in peers if r.get("task") == "train_step" and r.get("params")}
+    return [BenchFigure(r["model"], r["task"], float(r["seconds"]), _num(r.get("ratio_vs_prenet")),
+                        params.get(r["model"]), path.name, r.get("commit", ""), r.get("device", ""))
+            for r in peers if _num(r.get("seconds")) is not None and r.get("task") in ("train_step", "infer")]
+
+
 def bench_figures(bench_dir: str | Path = "results/bench") -> list[BenchFigure]:
     """Every measured training-step and 1 MP inference figure in ``bench_dir`` (rows without a time skipped)."""
-    root = Path(bench_dir)
-    root = root if root.is_absolute() else REPO / root
-    out: list[BenchFigure] = []
-    peers = _read(root / "peers_step.csv")
-    params = {r["model"]: int(r["params"]) for r in peers if r.get("task") == "train_step" and r.get("params")}
-    for r in peers:
-        if _num(r.get("seconds")) is not None and r.get("task") in ("train_step", "infer"):
-            out.append(BenchFigure(r["model"], r["task"], float(r["seconds"]), _num(r.get("ratio_vs_prenet")),
-                                   params.get(r["model"]), "peers_step.csv", r.get("commit", ""), r.get("device", "")))
+    root = bench_root(bench_dir)
+    out = peer_figures(root / "peers_step.csv")
     rows = _read(root / "train_throughput.csv")
     prenet = next((_num(r.get("seconds_per_iteration")) for r in rows if r.get("model") == "prenet"), None)
     for r in rows:
@@ -110,12 +118,6 @@ def row_costs(model: str, record: Mapping[str, Any] | None, figures: Iterable[Be
     of the model at its default size (what its "not run" hours were computed from)."""
     params = (record or {}).get("parameters") or (None if record and record.get("metrics") else default_parameters(model))
     return cost_cells(model, params, figures)
-
-
-def record_model(record: Mapping[str, Any] | None) -> str | None:
-    """The model a stored record scored (train_eval: its run's model; eval_weights: the spec's)."""
-    spec = (record or {}).get("spec") or {}
-    return spec.get("model") or (spec.get("run") or {}).get("model")
 
 
 def cost_note(figures: Iterable[BenchFigure]) -> str:

@@ -164,8 +164,7 @@ class Lab:
             plot_sweep(self.root / f"{item}.png", title, rows, p.protocols[0], xlabel, paper_params_m)
         return md
 
-    def training_curves(self, name: str, title: str, runs: Mapping[str, Mapping[str, Any] | None],
-                        columns: Sequence[str] | None = None) -> Path | None:
+    def training_curves(self, name: str, title: str, runs: Mapping[str, Mapping[str, Any] | None]) -> Path | None:
         """``<name>.csv/.png``: the training-loss curves of stored train_eval records (label -> record), read from
         their run folders' log.csv; records without a run folder here (planned, or trained elsewhere) are left
         out. Returns the PNG, or None when no run has a log."""
@@ -173,7 +172,7 @@ class Lab:
 
         logs = {label: self.root / rec["run"]["run_dir"] / "log.csv" for label, rec in runs.items()
                 if rec and not is_planned(rec) and (rec.get("run") or {}).get("run_dir")}
-        return render_curves(self.root, name, title, logs, columns)
+        return render_curves(self.root, name, title, logs)
 
     def output_path(self, name: str) -> Path:
         """Where a notebook writes a figure of its own: the profile folder (a plan or fill walk: a scratch one)."""
@@ -385,25 +384,18 @@ class Lab:
         """Why ``model`` is not trained in this profile, with the hours its schedule would take at the training
         step time `make bench` measured (``peers_step.csv``, else the quick run's; batch 8, 64×64, scaled
         by batch × crop² to the profile's)."""
-        import csv
+        from derainkit.experiments.costs import bench_root, peer_figures
 
         p = self.profile
-        seconds, path = None, Path(bench)
-        if not path.is_absolute():
-            path = Path(__file__).resolve().parents[2] / path
-        for name in ("peers_step.csv", "peers_step_quick.csv"):
-            if seconds is None and (path / name).is_file():
-                with open(path / name, newline="") as fh:
-                    row = next((r for r in csv.DictReader(fh)
-                                if r.get("model") == model and r.get("task") == "train_step" and r.get("seconds")), None)
-                if row:
-                    seconds, path = float(row["seconds"]), path / name
-        if seconds is None or not p.iterations:
+        root = bench_root(bench)
+        step = next((f for name in ("peers_step.csv", "peers_step_quick.csv") for f in peer_figures(root / name)
+                     if f.model == model and f.task == "train_step"), None)
+        if step is None or not p.iterations:
             return f"not trained in profile `{p.name}` (add it to train_peers; `make bench` measures its step)"
         scale = p.batch * p.crop ** 2 / (8 * 64 ** 2)
-        hours = seconds * scale * p.iterations / 3600
+        hours = step.seconds * scale * p.iterations / 3600
         return (f"not trained in profile `{p.name}`: about {hours:.1f} h for {p.iterations} iterations at "
-                f"{seconds:.1f} s per batch-8 64×64 step ({path.name}); add it to train_peers to run it")
+                f"{step.seconds:.1f} s per batch-8 64×64 step ({step.source}); add it to train_peers to run it")
 
     # ------------------------------------------------------------------ internals
     def _train(self, cfg) -> tuple[Path, dict[str, Any]]:

@@ -396,11 +396,10 @@ def _output_dir(folder: str | Path) -> Path:
     return Path(scratch)
 
 
-def render_curves(out_dir: str | Path, name: str, title: str, logs: Mapping[str, Path],
-                  columns: Sequence[str] | None = None) -> Path | None:
+def render_curves(out_dir: str | Path, name: str, title: str, logs: Mapping[str, Path]) -> Path | None:
     """The logged training losses of several runs (their ``log.csv``; run folders are not committed, so this
     keeps the curves): ``<name>.csv`` (run, iteration and every ``train_*`` column) and ``<name>.png``, one
-    panel per loss with a line per run. ``columns``: which losses to plot (default: all). None without logs."""
+    panel per loss with a line per run. None without logs."""
     series: dict[str, list[dict[str, str]]] = {}
     for label, path in logs.items():
         if Path(path).is_file():
@@ -418,19 +417,18 @@ def render_curves(out_dir: str | Path, name: str, title: str, logs: Mapping[str,
         w.writerows({"run": label, **r} for r in rows)
     out_dir = _output_dir(out_dir)
     atomic_write_text(out_dir / f"{name}.csv", buf.getvalue())
-    shown = [c for c in losses if columns is None or c.removeprefix("train_") in columns]
     plt = _pyplot()
-    cols = min(4, len(shown))
-    nrows = -(-len(shown) // cols)
+    cols = min(4, len(losses))
+    nrows = -(-len(losses) // cols)
     fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows), squeeze=False)
-    for ax, col in zip(axes.flat, shown):
+    for ax, col in zip(axes.flat, losses):
         for label, rows in series.items():
             pts = [(float(r["iteration"]), float(r[col])) for r in rows if r.get(col)]
             ax.plot([x for x, _ in pts], [y for _, y in pts], marker=".", label=label)
         ax.set_title(col.removeprefix("train_"), fontsize=9)
         ax.set_xlabel("iteration", fontsize=8)
         ax.tick_params(labelsize=7)
-    for ax in list(axes.flat)[len(shown):]:
+    for ax in list(axes.flat)[len(losses):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(title, fontsize=10)

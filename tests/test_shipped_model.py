@@ -36,10 +36,18 @@ def test_shipped_weights_refuse_another_config():
         build_model("msgnn", {"n_subnets": 3, "m_blocks": 2})
 
 
-def test_derain_every_real_photo_on_cpu(tmp_path, shared):
-    photos = shared("data", "nlcl_realrain", "rainy")
-    names = sorted(p.name for p in photos.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    assert names
+def test_derain_real_photos_on_cpu(tmp_path, shared):
+    # two of the seven real photos (all 1024x512): the folder CLI end to end on real rain; more photos only
+    # cost CI minutes (about 10 s each on 2 cores)
+    import shutil
+
+    source = shared("data", "nlcl_realrain", "rainy")
+    names = sorted(p.name for p in source.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:2]
+    assert len(names) == 2
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in names:
+        shutil.copyfile(source / name, photos / name)
     out = tmp_path / "out"
     assert main(["derain", str(photos), str(out), "--model", "msgnn", "--device", "cpu"]) == 0
     log = json.loads((out / "derain_log.json").read_text())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -37,10 +38,8 @@ def test_shipped_weights_refuse_another_config():
 
 
 def test_derain_real_photos_on_cpu(tmp_path, shared):
-    # two of the seven real photos (all 1024x512): the folder CLI end to end on real rain; more photos only
-    # cost CI minutes (about 10 s each on 2 cores)
-    import shutil
-
+    # two of the seven real photos (all 1024x512) exercise the folder CLI end to end on real rain; the other
+    # five would only add CI minutes
     source = shared("data", "nlcl_realrain", "rainy")
     names = sorted(p.name for p in source.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:2]
     assert len(names) == 2

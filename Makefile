@@ -10,7 +10,8 @@
 #   make reproduce-tables  every paper table/figure notebook (PROFILE=smoke|cpu|gpu|paper, FORCE=1 recomputes)
 #   make table2            one item (table1..table5, fig7..fig9, code-vs-paper, exemplar-policies, protocol-gap)
 #                          PARAMS="eval_limit=5 iterations=100" sets notebook parameters (names are checked)
-#   make plan              the records a run would compute, with estimated cost (PROFILE=, ITEM=table2,fig8)
+#   make plan              the records a run would compute, with estimated cost (PROFILE=, ITEM=table2,fig8;
+#                          CALIBRATE=1 times a few steps of each model config no record has, to scale by)
 #   make verify            recompute the committed records into a scratch store and compare (PROFILE=, ITEM=)
 #   make fill              compute missing records with many workers: EXECUTOR=local|submitit CLUSTER=slurm|local
 #                          WORKERS=8 FILL_FLAGS="--partition gpu --gpus 1 --time-min 240"; then renders the tables
@@ -123,7 +124,7 @@ EXECUTOR ?= local
 CLUSTER ?= slurm
 WORKERS ?= 1
 FILL_FLAGS ?=
-FILL_ARGS = --profile $(PROFILE) $(if $(ITEM),--items $(ITEM)) $(foreach p,$(PARAMS),-p $(subst =, ,$(p)))
+FILL_ARGS = --profile $(PROFILE) $(if $(ITEM),--items $(ITEM)) $(if $(CALIBRATE),--calibrate) $(foreach p,$(PARAMS),-p $(subst =, ,$(p)))
 
 plan: setup $(if $(filter smoke,$(PROFILE)),,data-link)
 	$(PY) -m derainkit.experiments.fill plan $(FILL_ARGS)

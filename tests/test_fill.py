@@ -256,6 +256,62 @@ def test_cluster_settings_come_from_the_profile_then_flags(tmp_path, monkeypatch
         fill.cluster_settings("x", {})
 
 
+# ---------------------------------------------------------------------------------------------- estimates
+def _record(config: dict, seconds: float, iterations: int = 600, crop: int = 64) -> dict:
+    run = {"model": "msgnn", "model_config": config, "iterations": iterations, "batch": 8, "crop": crop}
+    return {"spec": {"kind": "train_eval", "run": run}, "wall_seconds": seconds}
+
+
+def test_estimates_scale_the_work_and_a_measured_step_ratio_for_a_config_no_record_has():
+    from derainkit.experiments.plan import estimate_seconds
+
+    base, other = {"patch_size": 3}, {"patch_size": 5}
+    records = [_record(base, 1000.0), _record(base, 1200.0), _record(other, 3000.0), _record({"k": 7}, 99.0)]
+    # the same config: its records' median, scaled by iterations × batch × crop²
+    est, note = estimate_seconds(_record(base, 0, iterations=300)["spec"], records)
+    assert (est, note) == (550.0, "")
+    assert estimate_seconds(_record(other, 0, crop=32)["spec"], records) == (750.0, "")
+    # a config nobody ran: the most common stored config's records, flagged without a step cost...
+    wanted = _record({"patch_size": 7}, 0)["spec"]
+    assert estimate_seconds(wanted, records) == (1100.0, ", another model size: scale by its cost")
+    # ...or times the two configs' measured step ratio, both timed at the wanted batch and crop
+    timed = []
+
+    def cost(run):
+        timed.append(run)
+        return {3: 2.0, 7: 5.0}[run["model_config"]["patch_size"]]
+
+    est, note = estimate_seconds(wanted, records, cost)
+    assert est == 2750.0 and "× 2.50" in note
+    assert [r["model_config"] for r in timed] == [{"patch_size": 7}, base] and {r["crop"] for r in timed} == {64}
+    assert estimate_seconds(wanted, records, lambda run: None)[0] == 1100.0  # not timable: unscaled, flagged
+    assert estimate_seconds(wanted, [])[0] is None
+
+
+def test_a_training_step_is_timed_with_the_runs_own_task_and_each_config_once(monkeypatch):
+    from derainkit.errors import ConfigError
+    from derainkit.experiments import plan as plan_mod
+    from derainkit.train import step_time
+
+    run = {"model": "msgnn", "model_config": {"n_subnets": 1, "m_blocks": 1, "channels": 8}, "iterations": 600,
+           "batch": 2, "crop": 32, "exemplar": "official", "lr": 5e-4, "loss": "ssim"}
+    cfg = step_time.timing_config(run)
+    assert (cfg.train_data, cfg.val_data, cfg.exemplar, cfg.crop, cfg.batch) == ("embedded:train", None, "random", 32, 2)
+    seconds = step_time.time_training_step(run, steps=1)
+    assert 0 < seconds < 600
+    with pytest.raises(ConfigError, match="cannot be timed"):
+        step_time.timing_config({"model": "nlcl", "iterations": 10, "batch": 1, "crop": 64})
+    with pytest.raises(ConfigError, match="steps"):
+        step_time.time_training_step(run, steps=0)
+
+    calls = []
+    monkeypatch.setattr(step_time, "time_training_step", lambda r, steps, device: calls.append(r) or 1.5)
+    cost = plan_mod.measured_step_cost()
+    assert cost(run) == cost(dict(run)) == 1.5 and len(calls) == 1
+    monkeypatch.setattr(step_time, "time_training_step", lambda r, steps, device: (_ for _ in ()).throw(ConfigError("x")))
+    assert plan_mod.measured_step_cost()(run) is None
+
+
 # ---------------------------------------------------------------------------------------------- verify
 def test_compare_values_verdicts():
     from derainkit.experiments.verify import compare_values

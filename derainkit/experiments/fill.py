@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from derainkit.errors import ConfigError, DerainkitError, OneLineParser
-from derainkit.experiments.plan import ITEMS, REPO, scoped_environ, plan, plan_markdown, resolve_items, walk
+from derainkit.experiments.plan import (ITEMS, REPO, measured_step_cost, plan, plan_markdown, resolve_items,
+                                        scoped_environ, walk)
 
 SLURM_KEYS = ("partition", "gpus", "cpus", "time_min", "mem_gb", "array_parallelism", "account", "qos")
 
@@ -165,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("-p", dest="pairs", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="a notebook parameter (value read as YAML); repeatable")
     ap.add_argument("--out", type=Path, help="plan: also write the table here (.md); verify: the report (.csv)")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="plan: time a few training steps of each model config no record has (and of the stored one) "
+                         "on this machine, and scale its estimate by their ratio")
     ap.add_argument("--executor", choices=("local", "submitit"), default="local")
     ap.add_argument("--cluster", choices=("slurm", "local", "debug"), default="slurm",
                     help="submitit's executor: slurm, or local processes / this process for a trial")
@@ -179,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         items = resolve_items(args.items)
         pairs = [tuple(p) for p in args.pairs]
         if args.verb == "plan":
-            entries, walks = plan(items, args.profile, pairs)
+            entries, walks = plan(items, args.profile, pairs, step_cost=measured_step_cost() if args.calibrate else None)
             text = plan_markdown(entries, walks, args.profile)
             print(text, end="")
             if args.out:

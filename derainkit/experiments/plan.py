@@ -11,7 +11,9 @@ cell and the plan says so ("partial"); ``fill`` computes what is known and walks
 
 Estimates come from stored records of the same kind and model (this profile's first, else any
 profile's), scaled by the work (iterations × batch × crop², or image count): they are estimates on
-the machines those records ran on, labelled as such.
+the machines those records ran on, labelled as such. A model config no record has (a larger patch,
+another sub-network count) costs more or less per step than the work says; ``--calibrate`` times a few
+training steps of it and of the stored config on this machine and scales by their ratio.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ import statistics
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from collections import Counter
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from derainkit.errors import DerainkitError
 
@@ -66,24 +69,71 @@ def _model(spec: Mapping[str, Any]) -> Any:
     return run.get("model") if isinstance(run, Mapping) else spec.get("model")
 
 
-def estimate_seconds(spec: Mapping[str, Any], records: Sequence[Mapping[str, Any]]) -> tuple[float | None, str]:
+StepCost = Callable[[Mapping[str, Any]], "float | None"]  # run identity -> seconds per training step
+
+
+def _config_of(record: Mapping[str, Any]) -> Any:
+    return (record["spec"].get("run") or {}).get("model_config")
+
+
+def estimate_seconds(spec: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
+                     step_cost: StepCost | None = None) -> tuple[float | None, str]:
     """Seconds ``spec`` would take, from the median of similar stored records scaled by the work
-    (same kind and model; same model config preferred, else noted), and a note; None when nothing
-    similar is stored."""
+    (same kind and model; same model config preferred), and a note; None when nothing similar is stored.
+
+    When only other model configs of the model are stored, the estimate scales the records of the most
+    common one; with ``step_cost`` (seconds per training step of a run identity, measured on this machine)
+    it is also multiplied by the ratio of the two configs' step times at ``spec``'s batch and crop,
+    otherwise the note says the model size differs."""
     work = _work(spec)
     note = ""
     if work is None:
         return None, note
     same = [r for r in records if r.get("spec", {}).get("kind") == spec.get("kind") and r.get("wall_seconds")
             and _model(r["spec"]) == _model(spec) and _work(r["spec"])]
-    if spec.get("kind") == "train_eval":
-        config = (spec.get("run") or {}).get("model_config")
-        closer = [r for r in same if (r["spec"].get("run") or {}).get("model_config") == config]
-        note = "" if closer or not same else ", another model size: scale by its cost"
-        same = closer or same
+    ratio = 1.0
+    if spec.get("kind") == "train_eval" and same:
+        run = spec.get("run") or {}
+        closer = [r for r in same if _config_of(r) == run.get("model_config")]
+        if not closer:
+            counts = Counter(json.dumps(_config_of(r), sort_keys=True) for r in same)
+            reference = json.loads(counts.most_common(1)[0][0])
+            closer = [r for r in same if _config_of(r) == reference]
+            cost = step_cost(run) if step_cost else None
+            cost_ref = step_cost({**run, "model_config": reference}) if cost else None
+            if cost and cost_ref:
+                ratio = cost / cost_ref
+                note = f", another model config: × {ratio:.2f} by step times measured here"
+            else:
+                note = ", another model size: scale by its cost"
+        same = closer
     if not same:
         return None, note
-    return round(statistics.median(float(r["wall_seconds"]) * work / _work(r["spec"]) for r in same), 1), note
+    return round(ratio * statistics.median(float(r["wall_seconds"]) * work / _work(r["spec"]) for r in same), 1), note
+
+
+def measured_step_cost(steps: int = 2, device: str = "cpu") -> StepCost:
+    """A :data:`StepCost` that times each distinct run identity once (see
+    :func:`derainkit.train.step_time.time_training_step`); None for runs that cannot be timed here."""
+    from tqdm.auto import tqdm
+
+    from derainkit.train.step_time import time_training_step
+
+    cache: dict[str, float | None] = {}
+
+    def cost(run: Mapping[str, Any]) -> float | None:
+        key = json.dumps(run, sort_keys=True, default=str)
+        if key not in cache:
+            try:
+                cache[key] = time_training_step(run, steps=steps, device=device)
+                tqdm.write(f"timed {run.get('model')} {json.dumps(_non_default(run.get('model'), run.get('model_config') or {}), sort_keys=True)} "
+                           f"batch {run.get('batch')} crop {run.get('crop')}: {cache[key]:.2f} s/step")
+            except DerainkitError as exc:
+                tqdm.write(f"not timed ({exc})")
+                cache[key] = None
+        return cache[key]
+
+    return cost
 
 
 def all_records(results_dir: Path) -> dict[str, list[dict[str, Any]]]:
@@ -215,9 +265,11 @@ def _non_default(model: str | None, config: Mapping[str, Any]) -> dict[str, Any]
 
 
 def plan(items: Sequence[str] | str | None, profile: str, pairs: Sequence[tuple[str, str]] = (),
-         results_dir: str | Path | None = None, progress: bool = True) -> tuple[list[PlanEntry], list[Walk]]:
+         results_dir: str | Path | None = None, progress: bool = True, step_cost: StepCost | None = None,
+         ) -> tuple[list[PlanEntry], list[Walk]]:
     """The records a run of ``items`` under ``profile`` would compute (each once, with the items that need
-    it), and the walks (their errors say where a plan is partial)."""
+    it), and the walks (their errors say where a plan is partial). ``step_cost`` (e.g.
+    :func:`measured_step_cost`) scales estimates for model configs that no stored record has."""
     from tqdm.auto import tqdm
 
     results_dir = Path(results_dir or os.environ.get("DERAINKIT_RESULTS") or REPO / "results")
@@ -240,7 +292,7 @@ def plan(items: Sequence[str] | str | None, profile: str, pairs: Sequence[tuple[
                 continue
             est, source = None, ""
             for name, recs in sources:
-                est, note = estimate_seconds(e["spec"], recs)
+                est, note = estimate_seconds(e["spec"], recs, step_cost)
                 if est is not None:
                     source = f"{name} records{note}"
                     break

@@ -307,7 +307,8 @@ def test_a_training_step_is_timed_with_the_runs_own_task_and_each_config_once(mo
     calls = []
     monkeypatch.setattr(step_time, "time_training_step", lambda r, steps, device: calls.append(r) or 1.5)
     cost = plan_mod.measured_step_cost()
-    assert cost(run) == cost(dict(run)) == 1.5 and len(calls) == 1
+    assert cost(run) == cost(dict(run, seed=67, exemplar="random")) == 1.5 and len(calls) == 1  # once per config
+    assert cost(dict(run, exemplar="none")) == 1.5 and len(calls) == 2
     monkeypatch.setattr(step_time, "time_training_step", lambda r, steps, device: (_ for _ in ()).throw(ConfigError("x")))
     assert plan_mod.measured_step_cost()(run) is None
 

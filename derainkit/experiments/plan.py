@@ -122,7 +122,9 @@ def measured_step_cost(steps: int = 2, device: str = "cpu") -> StepCost:
     cache: dict[str, float | None] = {}
 
     def cost(run: Mapping[str, Any]) -> float | None:
-        key = json.dumps(run, sort_keys=True, default=str)
+        # the seed and the exemplar policy change which pixels a step sees, not its work: time once per config
+        key = json.dumps({k: v for k, v in run.items() if k != "seed"} | {"exemplar": run.get("exemplar") not in
+                                                                          (None, "none")}, sort_keys=True, default=str)
         if key not in cache:
             try:
                 cache[key] = time_training_step(run, steps=steps, device=device)

@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import statistics
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,9 +130,9 @@ def measured_step_cost(steps: int = 2, device: str = "cpu") -> StepCost:
             try:
                 cache[key] = time_training_step(run, steps=steps, device=device)
                 tqdm.write(f"timed {run.get('model')} {json.dumps(_non_default(run.get('model'), run.get('model_config') or {}), sort_keys=True)} "
-                           f"batch {run.get('batch')} crop {run.get('crop')}: {cache[key]:.2f} s/step")
+                           f"batch {run.get('batch')} crop {run.get('crop')}: {cache[key]:.2f} s/step", file=sys.stderr)
             except DerainkitError as exc:
-                tqdm.write(f"not timed ({exc})")
+                tqdm.write(f"not timed ({exc})", file=sys.stderr)
                 cache[key] = None
         return cache[key]
 

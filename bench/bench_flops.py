@@ -164,18 +164,12 @@ def _timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
 def _train_step(device: torch.device, precision: str, batch: int) -> Callable[[], Any]:
     """The paired task's step, as ``derainkit train`` runs it (the batches are drawn beforehand)."""
     from derainkit.train.config import RunConfig
-    from derainkit.train.tasks import get_task
-    from derainkit.train.tasks.base import TaskContext
+    from derainkit.train.step_time import ready_task
 
     cfg = RunConfig(model="msgnn", train_data="embedded:train", crop=CROP, batch=batch, val_data=None,
                     exemplar="random", device=str(device), precision=precision)
     amp = torch.bfloat16 if precision == "bf16" and device.type == "cuda" else None
-    spec = get_task(cfg.resolved_task)
-    task = spec.build(TaskContext(run=cfg, device=device, progress=False, amp_dtype=amp), spec.config_from_dict({}))
-    sampler, _ = task.load_data()
-    torch.manual_seed(66)
-    task.build()
-    task.calls = dict(task.modules)
+    task, sampler = ready_task(cfg, device, amp_dtype=amp)
     batches = [sampler.batch(i) for i in range(4)]  # drawn once: batch preparation is not the work measured
     state = {"it": 0}
 

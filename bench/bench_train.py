@@ -37,17 +37,11 @@ def _loadavg() -> str:
 def _measure(name: str, iterations: int, device: torch.device) -> dict:
     """Time the paired training task's own step (what ``derainkit train`` runs) on the embedded set."""
     from derainkit.train.config import RunConfig
-    from derainkit.train.tasks import get_task
-    from derainkit.train.tasks.base import TaskContext
+    from derainkit.train.step_time import ready_task
 
     cfg = RunConfig(model=name, train_data="embedded:train", crop=CROP, batch=BATCH, val_data=None,
                     exemplar="random" if name == "msgnn" else "none", device=str(device))
-    spec = get_task(cfg.resolved_task)
-    task = spec.build(TaskContext(run=cfg, device=device, progress=False), spec.config_from_dict({}))
-    sampler, _ = task.load_data()
-    torch.manual_seed(66)
-    task.build()
-    task.calls = dict(task.modules)
+    task, sampler = ready_task(cfg, device)
     data_s, step_s = [], []
     for it in range(1 + iterations):  # iteration 0 is the warm-up
         t0 = time.perf_counter()

@@ -23,9 +23,9 @@ import os
 import statistics
 import sys
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections import Counter
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from derainkit.errors import DerainkitError
@@ -118,19 +118,24 @@ def measured_step_cost(steps: int = 2, device: str = "cpu") -> StepCost:
     :func:`derainkit.train.step_time.time_training_step`); None for runs that cannot be timed here."""
     from tqdm.auto import tqdm
 
-    from derainkit.train.step_time import time_training_step
+    from derainkit.train import step_time
 
     cache: dict[str, float | None] = {}
 
     def cost(run: Mapping[str, Any]) -> float | None:
-        # the seed and the exemplar policy change which pixels a step sees, not its work: time once per config
-        key = json.dumps({k: v for k, v in run.items() if k != "seed"} | {"exemplar": run.get("exemplar") not in
-                                                                          (None, "none")}, sort_keys=True, default=str)
+        try:
+            timed = step_time.timing_config(run, device).to_dict()
+        except DerainkitError as exc:
+            tqdm.write(f"not timed ({exc})", file=sys.stderr)
+            return None
+        # what is timed, less the seed (which pixels a step sees, not its work): each config once
+        key = json.dumps({k: v for k, v in timed.items() if k != "seed"}, sort_keys=True, default=str)
         if key not in cache:
+            what = json.dumps(_non_default(run.get("model"), run.get("model_config") or {}), sort_keys=True)
             try:
-                cache[key] = time_training_step(run, steps=steps, device=device)
-                tqdm.write(f"timed {run.get('model')} {json.dumps(_non_default(run.get('model'), run.get('model_config') or {}), sort_keys=True)} "
-                           f"batch {run.get('batch')} crop {run.get('crop')}: {cache[key]:.2f} s/step", file=sys.stderr)
+                cache[key] = step_time.time_training_step(run, steps=steps, device=device)
+                tqdm.write(f"timed {run.get('model')} {what} batch {run.get('batch')} crop {run.get('crop')}: "
+                           f"{cache[key]:.2f} s/step", file=sys.stderr)
             except DerainkitError as exc:
                 tqdm.write(f"not timed ({exc})", file=sys.stderr)
                 cache[key] = None

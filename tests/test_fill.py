@@ -349,3 +349,38 @@ def test_verify_reproduces_the_committed_smoke_records_and_catches_a_tampered_on
     assert not bad.ok and f"{keys[0]} (differs)" in bad.summary()
     assert any(r["record"] == keys[0] and r["number"] == f"metrics.{proto}.psnr" and r["verdict"] == "differs"
                for r in bad.rows)
+
+
+def test_a_derained_image_whose_runs_weights_are_absent_is_estimated_with_its_retraining(tmp_path, monkeypatch):
+    """A fresh clone has the smoke store's records but no training folders: Figure 8's images, once their
+    records are gone, each need their run retrained first, and the plan counts that from the run's record."""
+    from derainkit.experiments.lab import trained_weights_path
+    from derainkit.experiments.plan import plan, retrain_seconds
+
+    shutil.copytree(REPO / "results" / "smoke" / "runs", tmp_path / "smoke" / "runs")
+    store = Store(tmp_path / "smoke" / "runs")
+    records = {r["key"]: r for r in store.records()}
+    images = [r for r in records.values() if (r.get("spec") or {}).get("kind") == "derain_image"]
+    for r in images:
+        (tmp_path / "smoke" / "runs" / f"{r['key']}.json").unlink()
+    monkeypatch.setenv("DERAINKIT_RESULTS", str(tmp_path))
+    entries, walks = plan(["fig8"], "smoke", progress=False)
+    assert not any(w.error for w in walks)
+    derains = [e for e in entries if e.kind == "derain_image"]
+    assert len(derains) == 3 and {e.key for e in derains} <= {r["key"] for r in images}
+    assert [e.kind for e in entries] == ["derain_image"] * 3  # the runs themselves are stored
+    for e in derains:
+        run = records[e.spec["run"]]
+        info = run.get("run") or {}  # older records lack the per-iteration time: their whole wall time
+        train_s = info["train_seconds_per_iteration"] * info["iterations"] if "train_seconds_per_iteration" in info \
+            else run["wall_seconds"]
+        assert f"retraining {run['key']}" in e.estimate_from and e.estimate_s >= train_s
+
+    # with the weights on this machine there is nothing to retrain
+    run = records[derains[0].spec["run"]]
+    assert retrain_seconds(derains[0].spec, list(records.values()), tmp_path / "smoke")[0] == run["key"]
+    weights = trained_weights_path(run, tmp_path / "smoke")
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"")
+    assert retrain_seconds(derains[0].spec, list(records.values()), tmp_path / "smoke") is None
+    assert retrain_seconds(run["spec"], list(records.values()), tmp_path / "smoke") is None  # not an image

@@ -431,10 +431,9 @@ class Lab:
         """The exported weights of a stored train_eval run, retrained when they are not on this machine."""
         from derainkit.train import RunConfig
 
-        cfg = RunConfig.from_dict({**record["run_config"], "out_dir": str(self.root / "train")})
-        weights = cfg.run_dir() / "model.safetensors"
+        weights = trained_weights_path(record, self.root)
         if not weights.is_file():
-            weights, _ = self._train(cfg)
+            weights, _ = self._train(RunConfig.from_dict({**record["run_config"], "out_dir": str(self.root / "train")}))
         return weights
 
     def _predictor(self, model: str, weights: Path | None, model_config: Mapping[str, Any] | None = None):
@@ -475,6 +474,14 @@ class Lab:
         from derainkit.provenance import provenance
 
         return provenance(device)
+
+
+def trained_weights_path(record: Mapping[str, Any], root: Path) -> Path:
+    """Where a train_eval record's exported weights lie under a profile's results folder ``root`` (the
+    training folders are gitignored, so on a fresh clone the file is absent and the run is retrained)."""
+    from derainkit.train import RunConfig
+
+    return RunConfig.from_dict({**record["run_config"], "out_dir": str(Path(root) / "train")}).run_dir() / "model.safetensors"
 
 
 def _seconds_per_iteration(result) -> float | None:

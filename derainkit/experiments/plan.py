@@ -113,6 +113,32 @@ def estimate_seconds(spec: Mapping[str, Any], records: Sequence[Mapping[str, Any
     return round(ratio * statistics.median(float(r["wall_seconds"]) * work / _work(r["spec"]) for r in same), 1), note
 
 
+def retrain_seconds(spec: Mapping[str, Any], records: Sequence[Mapping[str, Any]], root: Path) -> tuple[str, float] | None:
+    """For a ``derain_image`` spec whose train_eval run is stored but whose weights are not under the
+    profile's results folder ``root`` (training folders are not committed, so on a fresh clone they never
+    are): the run's key and the seconds retraining it takes, from the record that trained it. None
+    otherwise, or when no record says how long the training took."""
+    from derainkit.experiments.lab import trained_weights_path
+
+    if spec.get("kind") != "derain_image":
+        return None
+    run = next((r for r in records if r.get("key") == spec.get("run")), None)
+    if run is None or (run.get("spec") or {}).get("kind") != "train_eval" or "run_config" not in run:
+        return None
+    if trained_weights_path(run, root).is_file():
+        return None
+    # the record that trained the run: this one, or one sharing its folder (a record that reused weights)
+    run_dir = (run.get("run") or {}).get("run_dir")
+    trainers = [r for r in [run, *records] if (r.get("run") or {}).get("run_dir") == run_dir
+                and not r["run"].get("reused_weights")]
+    for r in trainers:
+        per_iteration, iterations = r["run"].get("train_seconds_per_iteration"), r["run"].get("iterations")
+        if per_iteration and iterations:
+            return run["key"], round(float(per_iteration) * int(iterations), 1)
+    walls = [float(r["wall_seconds"]) for r in trainers if r.get("wall_seconds")]
+    return (run["key"], walls[0]) if walls else None  # older records: training and scoring together
+
+
 def measured_step_cost(steps: int = 2, device: str = "cpu") -> StepCost:
     """A :data:`StepCost` that times each distinct run identity once (see
     :func:`derainkit.train.step_time.time_training_step`); None for runs that cannot be timed here."""
@@ -286,6 +312,7 @@ def plan(items: Sequence[str] | str | None, profile: str, pairs: Sequence[tuple[
     sources = [(profile, here.get(profile, [])), (profile, repo.get(profile, []))]
     sources += [(name, recs) for store in (here, repo) for name, recs in store.items() if name != profile]
     entries: dict[str, PlanEntry] = {}
+    retrained: set[str] = set()  # runs whose retraining is already in an estimate
     walks = []
     for item in tqdm(resolve_items(items), desc=f"plan ({profile})", disable=not progress):
         w = walk(item, profile, "plan", pairs, results_dir=results_dir)
@@ -304,6 +331,13 @@ def plan(items: Sequence[str] | str | None, profile: str, pairs: Sequence[tuple[
                 if est is not None:
                     source = f"{name} records{note}"
                     break
+            retrain = retrain_seconds(e["spec"], here.get(profile, []), results_dir / profile)
+            if retrain:  # the image needs its run's model, and that model is not on this machine
+                run_key, seconds = retrain
+                seconds, what = (0.0, f"after retraining {run_key}") if run_key in retrained else \
+                    (seconds, f"+ {_duration(seconds)} retraining {run_key} from its record (its weights are not here)")
+                retrained.add(run_key)
+                est, source = (est or 0.0) + seconds, f"{source}, {what}" if source else what
             status = {"planned": "missing", "claimed": "claimed"}.get(e["event"], f"after {','.join(e.get('after', []))}")
             entries[e["key"]] = PlanEntry(e["key"], e["kind"] or "?", [item], describe_spec(e["spec"]), status,
                                           est, source if est is not None else "", e["spec"])

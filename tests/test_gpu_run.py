@@ -46,7 +46,7 @@ def test_plan_real_vs_dry(tmp_path):
     assert dry_tests[-1:] == ["tests/test_cuda_paths.py"] and "-x" in dry_tests and "-q" in dry_tests
     real_bench = [s for s in real.steps if s.name.startswith("bench:")]
     dry_bench = [s for s in dry.steps if s.name.startswith("bench:")]
-    assert {s.name for s in real_bench} == {"bench:flops", "bench:train", "bench:peers_step"}
+    assert {s.name for s in real_bench} == {"bench:flops", "bench:train", "bench:device", "bench:peers_step"}
     assert all("--quick" not in s.command for s in real_bench)
     assert len(dry_bench) == 1 and "--quick" in dry_bench[0].command
     for s in real_bench + dry_bench:  # every benchmark writes into the plan's root
@@ -110,14 +110,14 @@ def test_dry_run_end_to_end(tmp_path, capsys):
     report = json.loads((out / "gpu" / "gpu_run.json").read_text())
     assert rc == 0, json.dumps(report["steps"], indent=1)
     assert report["dry_run"] and report["status"] == "ok" and report["budget_s"] == 50
-    assert [s["name"] for s in report["steps"]] == ["tests", "bench:niqe", "train"]
+    assert [s["name"] for s in report["steps"]] == ["tests", "bench:device", "train"]
     assert all(s["status"] == "ok" and s["seconds"] <= s["timeout_s"] + 1 for s in report["steps"])
     assert seconds < 50 and report["seconds"] <= 50
     assert {"commit", "device", "versions"} <= set(report["provenance"]) and report["device"].startswith("cpu")
     train = report["steps"][-1]["train"]
     assert train["iteration"] == gpu_run.DRY_ITERATIONS and not train["finished"] and not train["resumed"]
     assert Path(train["run_dir"]).is_relative_to(out)
-    assert (out / "bench" / "gpu" / "niqe-quick.csv").is_file() and (out / "bench" / "gpu" / "SUMMARY-quick.md").is_file()
+    assert (out / "bench" / "gpu" / "device_knn_quick.csv").is_file() and (out / "bench" / "gpu" / "SUMMARY-quick.md").is_file()
     assert "dry run: outputs in" in capsys.readouterr().out
     assert _tree(REPO / "results") == results_before
 

@@ -151,3 +151,19 @@ def test_lab_trains_once_per_seed_and_reuses(tmp_path, monkeypatch):
     assert trained == [5] and [r["key"] for r in more["records"]][:2] == keys
     with pytest.raises(ConfigError, match="seeds"):
         lab.train_eval_seeds(seed=1)
+
+
+def _png_size(path) -> tuple[int, int]:
+    import struct
+
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_an_item_without_paper_numbers_is_drawn_without_an_empty_paper_panel(tmp_path):
+    with_paper = plot_table(tmp_path / "a.png", "Table 5", _table5_rows(), "msgnn-rgb")
+    no_paper = [Row(r.setting, r.record, {}, why_not_run=r.why_not_run, x=r.x) for r in _table5_rows()]
+    alone = plot_table(tmp_path / "b.png", "Figure 8", no_paper, "msgnn-rgb")
+    (w2, h2), (w1, h1) = _png_size(with_paper), _png_size(alone)
+    assert h1 == h2 and w1 == pytest.approx(w2 / 2, rel=0.01)  # one 5-inch panel instead of two

@@ -266,18 +266,21 @@ def _std(row: Row, protocol: str) -> float:
 
 
 def plot_table(out_png: str | Path, title: str, rows: Sequence[Row], protocol: str, xlabel: str = "") -> Path:
-    """Two panels: our PSNR per setting (measured; over seeds: the mean with ± one standard deviation and
-    each seed's point) and the paper's (quoted), never on one axis, since they come from different data
-    sets and schedules."""
+    """Our PSNR per setting (measured; over seeds: the mean with ± one standard deviation and each seed's
+    point, the mean written above the bar) and, in a second panel, the paper's (quoted), never on one axis,
+    since they come from different data sets and schedules. An item the paper gives no number for (a
+    qualitative figure, an extra study) gets the measured panel alone."""
     plt = _pyplot()
 
     labels = [r.setting for r in rows]
     ours = [((r.record or {}).get("metrics", {}).get(protocol) or {}).get("psnr") for r in rows]
     datasets = list(dict.fromkeys(d for r in rows for d in r.quoted))
     paper = [next((q.psnr for q in r.quoted.values() if q.psnr is not None), None) for r in rows]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, vals, name, colour in ((axes[0], ours, f"ours (measured, {protocol})", "tab:blue"),
-                                   (axes[1], paper, f"paper (quoted, {', '.join(datasets) or '-'})", "tab:gray")):
+    panels = [(ours, f"ours (measured, {protocol})", "tab:blue")]
+    if any(v is not None for v in paper):
+        panels.append((paper, f"paper (quoted, {', '.join(datasets) or '-'})", "tab:gray"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+    for ax, (vals, name, colour) in zip(axes[0], panels):
         xs = list(range(len(labels)))
         got = [(x, v) for x, v in zip(xs, vals) if v is not None]
         if got:
@@ -287,18 +290,19 @@ def plot_table(out_png: str | Path, title: str, rows: Sequence[Row], protocol: s
             points = [(x, p) for x, _ in got if vals is ours for p in sd.seed_psnrs(rows[x].record, protocol)]
             if len(points) > len(got):
                 ax.plot([x for x, _ in points], [p for _, p in points], "k.", ms=4, label="seeds")
-                got += points
-            lo, hi = min(v for _, v in got), max(v for _, v in got)
+            ys = [v for _, v in got] + [p for _, p in points] + [v + spread[x] for x, v in got]
+            lo, hi = min(ys), max(ys)
             pad = max(0.05, (hi - lo) * 0.5)
             ax.set_ylim(lo - pad, hi + pad)
-            for x, v in got:
-                ax.text(x, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+            for x, v in got:  # the mean only: each seed's value is in the CSV
+                ax.text(x, max([v + spread[x]] + [p for px, p in points if px == x]), f"{v:.2f}",
+                        ha="center", va="bottom", fontsize=8)
         for x, v in zip(xs, vals):
             if v is None:
                 ax.text(x, ax.get_ylim()[0], "n/a", ha="center", va="bottom", fontsize=8, color="tab:red")
         ax.set_xticks(xs)
         ax.set_xticklabels(labels, rotation=20, ha="right", fontsize=8)
-        ax.set_title(name, fontsize=9)
+        ax.set_title(name if len(panels) > 1 else f"{name}\n(the paper gives no number for this item)", fontsize=9)
         ax.set_ylabel("PSNR (dB)")
         if xlabel:
             ax.set_xlabel(xlabel)

@@ -4,6 +4,8 @@
 #   make bench             benchmarks -> results/bench/*.csv and results/bench/SUMMARY.md
 #   make gpu-run           on a lent GPU, within BUDGET seconds (600): CUDA tests, GPU benchmarks, then training
 #                          the shipped MSGNN further (resumable) -> results/gpu/, results/bench/; DRY=1: on CPU, scaled down
+#   make ship-msgnn        CANDIDATE=<run folder or .safetensors> [APPLY=1]: score a longer run of the shipped MSGNN
+#                          against it (Rain100L test, three protocols); APPLY=1 replaces it only when it scores higher
 #   make evaluate-prenet   PReNet's official weights on Rain100L test, three metric protocols
 #   make evaluate-msgnn    the kit's shipped MSGNN checkpoint on Rain100L test, three metric protocols
 #   make train-shipped     retrain that checkpoint (about an hour on 2 CPU cores)
@@ -44,7 +46,7 @@ NB_nlcl := nlcl_real_rain
 NB_unirain := unirain_four_types
 ITEMS := table1 table2 table3 table4 table5 fig7 fig8 fig9 code-vs-paper exemplar-policies protocol-gap nlcl unirain
 
-.PHONY: setup test test-fast test-notebooks bench gpu-run evaluate-prenet evaluate-msgnn train-shipped clean-venv reproduce-tables lab data-link plan verify fill $(ITEMS)
+.PHONY: setup test test-fast test-notebooks bench gpu-run ship-msgnn evaluate-prenet evaluate-msgnn train-shipped clean-venv reproduce-tables lab data-link plan verify fill $(ITEMS)
 
 setup: $(STAMP)
 
@@ -77,6 +79,11 @@ DRY ?= 0
 # DRY=1: every step scaled down, on CPU, into a temp folder (OUT=dir to choose it); never writes results/
 gpu-run: setup
 	$(PY) scripts/gpu_run.py --budget $(BUDGET) $(if $(filter 1,$(DRY)),--dry-run $(if $(OUT),--out $(OUT)),)
+
+APPLY ?= 0
+ship-msgnn: setup
+	@test -n "$(CANDIDATE)" || { echo "make ship-msgnn CANDIDATE=<training run folder or .safetensors file> [APPLY=1]"; exit 2; }
+	$(PY) scripts/ship_msgnn.py $(CANDIDATE) $(if $(filter 1,$(APPLY)),--apply)
 
 evaluate-prenet: setup
 	$(PY) -m derainkit.cli evaluate --model prenet \

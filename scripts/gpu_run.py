@@ -357,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print("to commit:  git add " + " ".join(report["git_add"]))
         print("(results/gpu/train/ holds checkpoints: keep it on the machine, do not commit it)")
+        run_dir = next((r.get("train", {}).get("run_dir") for r in report["steps"] if r["name"] == "train"), None)
+        if run_dir:
+            print(f"to score it against the shipped checkpoint (and ship it if better, APPLY=1): "
+                  f"make ship-msgnn CANDIDATE={run_dir}")
     return 0 if report["status"] == "ok" else 1
 
 

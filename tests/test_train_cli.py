@@ -69,3 +69,20 @@ def test_errors_are_one_line_with_status_2(argv, message, capsys):
     err = capsys.readouterr().err
     assert err.startswith("derainkit: error: ") and message in err
     assert "Traceback" not in err
+
+
+def test_resume_auto_starts_then_continues_then_leaves_a_finished_run(tmp_path, capsys):
+    """The same command every sitting: starts the run, then continues it, then finds it finished."""
+    out = tmp_path / "runs"
+    argv = ["--model", "prenet", "--out", str(out), "--no-progress", "--resume", "auto", "--max-iterations", "2",
+            *_sets(TINY_SETS + ["iterations=4"])]
+    assert _run(argv) == 0
+    assert "stopped (resume with --resume) at iteration 2/4" in capsys.readouterr().out
+    assert _run(argv) == 0
+    assert "finished at iteration 4/4" in capsys.readouterr().out
+    run_dir = next(out.iterdir())
+    weights = (run_dir / "model.safetensors").read_bytes()
+    assert _run(argv) == 0  # nothing left to train: the finished run is reported, its export untouched
+    assert "finished at iteration 4/4" in capsys.readouterr().out
+    assert (run_dir / "model.safetensors").read_bytes() == weights
+    assert [p.name for p in out.iterdir()] == [run_dir.name]

@@ -43,7 +43,9 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (repeatable; YAML values; nested: model_config.k=7)")
     p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN_DIR",
-                   help="continue from the latest checkpoint (of RUN_DIR, or of this config's run folder)")
+                   help="continue from the latest checkpoint (of RUN_DIR, or of this config's run folder); "
+                        "'--resume auto': continue when this config's run folder has one, else start it "
+                        "(the same command every sitting)")
     p.add_argument("--allow-config-change", action="store_true",
                    help="with --resume: accept a checkpoint of a different config (starts a new run folder)")
     p.add_argument("--out", help="output folder for runs (config key out_dir; default runs/<model>)")
@@ -58,7 +60,7 @@ def resolve_config(args: argparse.Namespace):
     """The RunConfig the arguments describe (CONFIG, --model or the resumed run's config.yaml, then --set)."""
     from derainkit.train.config import RunConfig
 
-    resume_dir = Path(args.resume) if isinstance(args.resume, str) else None
+    resume_dir = Path(args.resume) if isinstance(args.resume, str) and args.resume != "auto" else None
     if args.config is not None:
         cfg = RunConfig.from_file(args.config)
     elif resume_dir is not None:
@@ -98,8 +100,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"# config hash {cfg.config_hash()}; run folder {cfg.run_dir()}")
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return 0
+        from derainkit.train.checkpoint import LATEST
         from derainkit.train.loop import train
 
+        if args.resume == "auto":
+            args.resume = (cfg.run_dir() / "checkpoints" / LATEST).is_file()
         if is_main:
             print(f"run {cfg.config_hash()} ({cfg.model}) -> {cfg.run_dir()}", flush=True)
         result = train(cfg, resume=args.resume, progress=not args.no_progress,

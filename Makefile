@@ -14,6 +14,7 @@
 #   make reproduce-tables  every paper table/figure notebook (PROFILE=smoke|cpu|gpu|paper, FORCE=1 recomputes)
 #   make table2            one item (table1..table5, fig7..fig9, code-vs-paper, exemplar-policies, protocol-gap)
 #                          PARAMS="eval_limit=5 iterations=100" sets notebook parameters (names are checked)
+#   make verdicts          every ablation row's verdict in one table (PROFILE=): results/<profile>/verdicts.{md,csv}
 #   make plan              the records a run would compute, with estimated cost (PROFILE=, ITEM=table2,fig8;
 #                          CALIBRATE=1 times a few steps of each model config no record has, to scale by)
 #   make verify            recompute the committed records into a scratch store and compare (PROFILE=, ITEM=)
@@ -48,7 +49,7 @@ NB_nlcl := nlcl_real_rain
 NB_unirain := unirain_four_types
 ITEMS := table1 table2 table3 table4 table5 fig7 fig8 fig9 code-vs-paper exemplar-policies protocol-gap nlcl unirain
 
-.PHONY: setup test test-fast test-notebooks bench gpu-run ship-msgnn train-shipped-longer evaluate-prenet evaluate-msgnn train-shipped clean-venv reproduce-tables lab data-link plan verify fill $(ITEMS)
+.PHONY: setup test test-fast test-notebooks bench verdicts gpu-run ship-msgnn train-shipped-longer evaluate-prenet evaluate-msgnn train-shipped clean-venv reproduce-tables lab data-link plan verify fill $(ITEMS)
 
 setup: $(STAMP)
 
@@ -138,6 +139,12 @@ _notebook:
 	$(PY) -m derainkit.experiments.run_notebook --profile $(PROFILE) --cwd notebooks \
 	  -p force $(FORCE) -p results_dir $(CURDIR)/results $(foreach p,$(PARAMS),-p $(subst =, ,$(p))) \
 	  notebooks/$(NB_$(ITEM)).ipynb results/$(PROFILE)/notebooks/$(NB_$(ITEM)).ipynb
+	@$(PY) -m derainkit.experiments.verdicts --profile $(PROFILE) --results results > /dev/null
+
+# Every ablation row's verdict in one table, from the rendered tables: results/<profile>/verdicts.{md,csv}
+# (also refreshed after each notebook above).
+verdicts: setup
+	$(PY) -m derainkit.experiments.verdicts --profile $(PROFILE) --results results
 
 # Plan, verify and fill (derainkit.experiments.fill): ITEM= names items (comma-separated; default all).
 EXECUTOR ?= local

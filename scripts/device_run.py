@@ -18,6 +18,9 @@ call runs the GPU run there and packs what it made:
     here:    python scripts/device_run.py unpack <files_at>       # results/gpu/, results/bench/gpu/ and the
                                                                   # training run's checkpoint, for the next time
 
+Send the calls back to back: a machine that goes back between two calls (here, 30 s after a call ends) loses
+what was staged, and ``go`` then says which parts are missing instead of running on part of the data.
+
 The training run of ``make gpu-run`` (the shipped MSGNN continued at 500 epochs) resumes across leases: its
 checkpoint comes back with ``unpack`` into results/gpu/train/ (git-ignored: keep it on this machine) and
 ``prepare`` carries it out again with the last part. ``--dry-run`` on ``go`` runs gpu_run's dry run instead

@@ -115,7 +115,6 @@ def _knn_rows(device: torch.device, quick: bool, path: Path) -> list[dict]:
             row["agreement"] = (round((found[meth] == ours).all(1).float().mean().item(), 6)
                                 if meth in found and ours is not None else "")
         write_csv(path, rows)
-        del q, x
     return rows
 
 

@@ -49,11 +49,9 @@ DEFAULT_HOME = Path(os.environ.get("DERAINKIT_DEVICE_HOME", Path.home() / "derai
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from derainkit.data import file_sha256
+
+    return file_sha256(path)
 
 
 def tracked_bytes(repo: Path = ROOT) -> int:

@@ -18,6 +18,18 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+def load_script(name: str):
+    """A file of scripts/ imported as a module (they are run as files, not installed)."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def tiny_profile(tmp_path: Path, **changes):
     """An experiments Profile that trains a 4-channel MSGNN for 2 iterations and scores 1 embedded image:
     real Lab runs in a second or two."""

@@ -3,26 +3,15 @@ dry run: data split into parts under a size budget, each staged with its digests
 is there, its results packed and unpacked, and the training run's checkpoint carried out again."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import load_script
 
-
-def _load():
-    spec = importlib.util.spec_from_file_location("device_run", REPO / "scripts" / "device_run.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["device_run"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-device_run = _load()
+device_run = load_script("device_run")
 
 
 def _shared_data(root: Path, n_train: int = 6, n_test: int = 12) -> Path:

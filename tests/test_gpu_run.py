@@ -1,7 +1,6 @@
 """scripts/gpu_run.py: the plan (steps, budgets, dry-run scaling), failure handling, and one dry run end to end."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 import time
@@ -9,18 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import load_script
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("gpu_run", REPO / "scripts" / "gpu_run.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_run"] = mod  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(mod)
-    return mod
-
-
-gpu_run = _load()
+gpu_run = load_script("gpu_run")
 
 
 @pytest.mark.parametrize("dry", [False, True])

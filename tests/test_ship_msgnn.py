@@ -3,28 +3,19 @@ set, with its score; snapshots of a run still going; other architectures refused
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import load_script
+
 TINY = {"n_subnets": 2, "m_blocks": 1, "channels": 8, "window_size": 10}
 
 
-def _load():
-    spec = importlib.util.spec_from_file_location("ship_msgnn", REPO / "scripts" / "ship_msgnn.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["ship_msgnn"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ship_msgnn = _load()
+ship_msgnn = load_script("ship_msgnn")
 
 
 def _export(path: Path, seed: int, config: dict = TINY) -> Path:

@@ -84,11 +84,9 @@ def probe_writable(folder: Path) -> None:
 
 
 def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from derainkit.data import file_sha256
+
+    return file_sha256(path)
 
 
 def settings_digest(settings: Mapping[str, Any]) -> str:

@@ -139,12 +139,12 @@ _notebook:
 	$(PY) -m derainkit.experiments.run_notebook --profile $(PROFILE) --cwd notebooks \
 	  -p force $(FORCE) -p results_dir $(CURDIR)/results $(foreach p,$(PARAMS),-p $(subst =, ,$(p))) \
 	  notebooks/$(NB_$(ITEM)).ipynb results/$(PROFILE)/notebooks/$(NB_$(ITEM)).ipynb
-	@$(PY) -m derainkit.experiments.verdicts --profile $(PROFILE) --results results > /dev/null
+	-@$(PY) -m derainkit.experiments.verdicts --profile $(PROFILE) > /dev/null
 
 # Every ablation row's verdict in one table, from the rendered tables: results/<profile>/verdicts.{md,csv}
 # (also refreshed after each notebook above).
 verdicts: setup
-	$(PY) -m derainkit.experiments.verdicts --profile $(PROFILE) --results results
+	$(PY) -m derainkit.experiments.verdicts --profile $(PROFILE)
 
 # Plan, verify and fill (derainkit.experiments.fill): ITEM= names items (comma-separated; default all).
 EXECUTOR ?= local

@@ -66,3 +66,10 @@ def test_rendered_summary_counts_verdicts_and_the_stores_cost(tmp_path):
 def test_the_command_refuses_a_profile_without_results(tmp_path, capsys):
     assert verdicts.main(["--profile", "gpu", "--results", str(tmp_path)]) == 2
     assert "no results for profile 'gpu'" in capsys.readouterr().out
+
+
+def test_the_results_root_follows_the_notebooks_environment_variable(tmp_path, monkeypatch, capsys):
+    _render_table5(tmp_path / "scratch" / "cpu")
+    monkeypatch.setenv("DERAINKIT_RESULTS", str(tmp_path / "scratch"))
+    assert verdicts.main(["--profile", "cpu"]) == 0
+    assert (tmp_path / "scratch" / "cpu" / "verdicts.md").is_file() and "| table5 | k = 3 |" in capsys.readouterr().out

@@ -16,6 +16,7 @@ import argparse
 import csv
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -132,7 +133,8 @@ def write(profile: str, results_dir: Path) -> tuple[Path, Path]:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="cpu")
-    ap.add_argument("--results", type=Path, default=Path("results"))
+    ap.add_argument("--results", type=Path, default=Path(os.environ.get("DERAINKIT_RESULTS") or "results"),
+                    help="results root (default: $DERAINKIT_RESULTS, else results/), as the notebooks use it")
     args = ap.parse_args(argv)
     if not (args.results / args.profile).is_dir():
         print(f"{args.results / args.profile}: no results for profile {args.profile!r}; run its notebooks first "

@@ -16,7 +16,8 @@
 #                          PARAMS="eval_limit=5 iterations=100" sets notebook parameters (names are checked)
 #   make verdicts          every ablation row's verdict in one table (PROFILE=): results/<profile>/verdicts.{md,csv}
 #   make plan              the records a run would compute, with estimated cost (PROFILE=, ITEM=table2,fig8;
-#                          CALIBRATE=1 times a few steps of each model config no record has, to scale by)
+#                          CALIBRATE=1 times a few steps of each model config no record has, to scale by;
+#                          OUT=file.md keeps it); ends with the budget per item: measured so far, estimated to go
 #   make verify            recompute the committed records into a scratch store and compare (PROFILE=, ITEM=)
 #   make fill              compute missing records with many workers: EXECUTOR=local|submitit CLUSTER=slurm|local
 #                          WORKERS=8 FILL_FLAGS="--partition gpu --gpus 1 --time-min 240"; then renders the tables
@@ -154,7 +155,7 @@ FILL_FLAGS ?=
 FILL_ARGS = --profile $(PROFILE) $(if $(ITEM),--items $(ITEM)) $(if $(CALIBRATE),--calibrate) $(foreach p,$(PARAMS),-p $(subst =, ,$(p)))
 
 plan: setup $(if $(filter smoke,$(PROFILE)),,data-link)
-	$(PY) -m derainkit.experiments.fill plan $(FILL_ARGS)
+	$(PY) -m derainkit.experiments.fill plan $(FILL_ARGS) $(if $(OUT),--out $(OUT))
 
 verify: setup $(if $(filter smoke,$(PROFILE)),,data-link)
 	$(PY) -m derainkit.experiments.fill verify $(FILL_ARGS)

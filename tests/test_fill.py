@@ -384,3 +384,24 @@ def test_a_derained_image_whose_runs_weights_are_absent_is_estimated_with_its_re
     weights.write_bytes(b"")
     assert retrain_seconds(derains[0].spec, list(records.values()), tmp_path / "smoke") is None
     assert retrain_seconds(run["spec"], list(records.values()), tmp_path / "smoke") is None  # not an image
+
+
+def test_budget_per_item_counts_a_shared_record_once_under_its_first_item():
+    from derainkit.experiments.plan import PlanEntry, Walk, item_budget, plan_markdown
+
+    def ev(event, key):
+        return {"event": event, "key": key, "kind": "train_eval", "spec": {}}
+
+    walks = [Walk("table4", [ev("reused", "ref"), ev("reused", "l5"), ev("planned", "l7")]),
+             Walk("table5", [ev("reused", "ref"), ev("reused", "k3"), ev("planned", "l7"), ev("planned", "k9")])]
+    entries = [PlanEntry("l7", "train_eval", ["table4", "table5"], "l = 7", "missing", 3600.0, "cpu records", {}),
+               PlanEntry("k9", "train_eval", ["table5"], "k = 9", "missing", None, "", {})]
+    seconds = {"ref": 600.0, "l5": 1200.0, "k3": 900.0}
+    t4, t5 = item_budget(entries, walks, seconds)
+    assert (t4["stored"], t4["shared"], t4["measured_s"], t4["missing"], t4["estimate_s"]) == (2, 0, 1800.0, 1, 3600.0)
+    assert (t5["stored"], t5["shared"], t5["measured_s"], t5["missing"], t5["estimate_s"], t5["unknown"]) == \
+        (1, 1, 900.0, 1, 0.0, 1)
+    md = plan_markdown(entries, walks, "cpu", seconds)
+    assert "| table4 | 2 (+ 0) | 30 min | 1 | 60 min |" in md and "| table5 | 1 (+ 1) | 15 min | 1 | 0 s (+ 1 unknown) |" in md
+    assert "| all | 3 | 45 min | 2 | 60 min |" in md
+    assert "Budget per item" not in plan_markdown(entries, walks, "cpu")  # no store given: the plan alone

@@ -23,13 +23,14 @@ flags or the profile file's ``cluster:`` section.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from derainkit.errors import ConfigError, DerainkitError, OneLineParser
-from derainkit.experiments.plan import (ITEMS, REPO, measured_step_cost, plan, plan_markdown, resolve_items,
+from derainkit.experiments.plan import (ITEMS, REPO, all_records, measured_step_cost, plan, plan_markdown, resolve_items,
                                         scoped_environ, walk)
 
 SLURM_KEYS = ("partition", "gpus", "cpus", "time_min", "mem_gb", "array_parallelism", "account", "qos")
@@ -184,12 +185,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         pairs = [tuple(p) for p in args.pairs]
         if args.verb == "plan":
             entries, walks = plan(items, args.profile, pairs, step_cost=measured_step_cost() if args.calibrate else None)
-            text = plan_markdown(entries, walks, args.profile)
+            results_dir = Path(os.environ.get("DERAINKIT_RESULTS") or REPO / "results")
+            stored = all_records(results_dir).get(args.profile, [])
+            text = plan_markdown(entries, walks, args.profile,
+                                 {r["key"]: float(r.get("wall_seconds") or 0.0) for r in stored if r.get("key")})
             print(text, end="")
             if args.out:
                 from derainkit.fsutil import atomic_write_text
+                from derainkit.provenance import device_name, git_commit, now_iso
 
-                atomic_write_text(args.out, text)
+                load = f"{os.getloadavg()[0]:.2f}" if hasattr(os, "getloadavg") else "?"
+                head = (f"<!-- made by `make plan PROFILE={args.profile}{' CALIBRATE=1' if args.calibrate else ''}` at "
+                        f"commit {git_commit()}, {now_iso()}, on {device_name('cpu')}, 1-min load {load} at the end "
+                        "(step timings and so estimates move with the machine's load) -->\n")
+                atomic_write_text(args.out, head + text)
         elif args.verb == "verify":
             from derainkit.experiments.verify import verify
 

@@ -348,8 +348,32 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
-def plan_markdown(entries: Sequence[PlanEntry], walks: Sequence[Walk], profile: str) -> str:
-    """The plan as a Markdown table with a total, and a line per partial walk."""
+def item_budget(entries: Sequence[PlanEntry], walks: Sequence[Walk],
+                record_seconds: Mapping[str, float]) -> list[dict[str, Any]]:
+    """Per item, in walk order: the stored records it uses and their measured wall time, and the missing ones
+    with their estimate. A record shared by several items counts under the first that uses it (the others
+    list it as shared), so the column sums are the whole profile's cost."""
+    first: dict[str, str] = {}
+    for w in walks:
+        for key in w.keys("reused", "computed", "planned", "claimed", "blocked"):
+            first.setdefault(key, w.item)
+    estimate = {e.key: e.estimate_s for e in entries}
+    rows = []
+    for w in walks:
+        stored = [k for k in w.keys("reused", "computed") if k not in estimate]
+        own = [k for k in stored if first.get(k) == w.item]
+        todo = [k for k in w.missing if first.get(k) == w.item]
+        known = [estimate[k] for k in todo if estimate.get(k) is not None]
+        rows.append({"item": w.item, "stored": len(own), "shared": len(stored) - len(own),
+                     "measured_s": sum(record_seconds.get(k, 0.0) for k in own), "missing": len(todo),
+                     "estimate_s": sum(known), "unknown": len(todo) - len(known)})
+    return rows
+
+
+def plan_markdown(entries: Sequence[PlanEntry], walks: Sequence[Walk], profile: str,
+                  record_seconds: Mapping[str, float] | None = None) -> str:
+    """The plan as a Markdown table with a total, a line per partial walk, and (given the stored records'
+    wall seconds) the budget per item: measured so far and estimated to go."""
     lines = [f"# Plan: profile `{profile}`", "",
              "| key | kind | items | what | status | estimate |", "|---|---|---|---|---|---|"]
     for e in entries:
@@ -362,4 +386,18 @@ def plan_markdown(entries: Sequence[PlanEntry], walks: Sequence[Walk], profile: 
         if w.error:
             lines.append(f"- `{w.item}` is partial: its walk stopped at {w.error}; records that depend on the "
                          "missing ones are named once those exist (`fill` walks again).")
+    if record_seconds is not None:
+        rows = item_budget(entries, walks, record_seconds)
+        lines += ["", f"## Budget per item, profile `{profile}`", "",
+                  "Measured: the summed wall time of the stored records the item is the first to use (training and "
+                  "scoring, on the machines that ran them; a record shared with an earlier item is counted there). "
+                  "To go: the estimates above.", "",
+                  "| item | records stored (+ shared) | measured | records to go | estimated to go |", "|---|---|---|---|---|"]
+        for r in rows:
+            unknown = f" (+ {r['unknown']} unknown)" if r["unknown"] else ""
+            lines.append(f"| {r['item']} | {r['stored']} (+ {r['shared']}) | {_duration(r['measured_s'])} | "
+                         f"{r['missing']} | {_duration(r['estimate_s'])}{unknown} |")
+        done, to_go = sum(r["measured_s"] for r in rows), sum(r["estimate_s"] for r in rows)
+        lines.append(f"| all | {sum(r['stored'] for r in rows)} | {_duration(done)} | "
+                     f"{sum(r['missing'] for r in rows)} | {_duration(to_go)} |")
     return "\n".join(lines) + "\n"

@@ -405,3 +405,13 @@ def test_budget_per_item_counts_a_shared_record_once_under_its_first_item():
     assert "| table4 | 2 (+ 0) | 30 min | 1 | 60 min |" in md and "| table5 | 1 (+ 1) | 15 min | 1 | 0 s (+ 1 unknown) |" in md
     assert "| all | 3 | 45 min | 2 | 60 min |" in md
     assert "Budget per item" not in plan_markdown(entries, walks, "cpu")  # no store given: the plan alone
+
+
+def test_calibration_says_when_the_machine_is_busy(monkeypatch):
+    from derainkit.experiments import plan as plan_mod
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "getloadavg", lambda: (4.2, 3.0, 2.0))
+    assert plan_mod.busy_load() == pytest.approx(4.2)  # a training job on both cores, and the timing itself
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.1, 1.0, 1.0))
+    assert plan_mod.busy_load() is None  # the timing's own two threads

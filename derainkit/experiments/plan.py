@@ -139,6 +139,17 @@ def retrain_seconds(spec: Mapping[str, Any], records: Sequence[Mapping[str, Any]
     return (run["key"], walls[0]) if walls else None  # older records: training and scoring together
 
 
+def busy_load() -> float | None:
+    """The 1-minute load average when it is beyond what the timing's own threads explain (one per core, plus
+    one): other work is running, and timings taken then are slowed unevenly (a step's memory-bound parts more
+    than its compute-bound ones), else None."""
+    try:
+        load = os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+    return load if load >= (os.cpu_count() or 1) + 1.0 else None
+
+
 def measured_step_cost(steps: int = 2, device: str = "cpu") -> StepCost:
     """A :data:`StepCost` that times each distinct run identity once (see
     :func:`derainkit.train.step_time.time_training_step`); None for runs that cannot be timed here."""
@@ -159,9 +170,12 @@ def measured_step_cost(steps: int = 2, device: str = "cpu") -> StepCost:
         if key not in cache:
             what = json.dumps(_non_default(run.get("model"), run.get("model_config") or {}), sort_keys=True)
             try:
+                load = busy_load()
                 cache[key] = step_time.time_training_step(run, steps=steps, device=device)
                 tqdm.write(f"timed {run.get('model')} {what} batch {run.get('batch')} crop {run.get('crop')}: "
-                           f"{cache[key]:.2f} s/step", file=sys.stderr)
+                           f"{cache[key]:.2f} s/step" + (f" (machine busy: 1-min load {load:.1f} on "
+                                                         f"{os.cpu_count()} cores; this ratio is unreliable)"
+                                                         if load else ""), file=sys.stderr)
             except DerainkitError as exc:
                 tqdm.write(f"not timed ({exc})", file=sys.stderr)
                 cache[key] = None

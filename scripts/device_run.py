@@ -157,6 +157,9 @@ def prepare(shared_data: Path, results: Path, part: int | None, budget: int, car
 
 def stage(home: Path, carry: Path = CARRY) -> dict[str, Any]:
     """Copy the carried part into ``home`` after checking every file's digest; returns the part's header."""
+    if not (carry / "part.json").is_file():
+        raise SystemExit(f"{carry / 'part.json'}: not here; run `prepare --part K` on the machine with the data and "
+                         "carry .devcarry with this call")
     head = json.loads((carry / "part.json").read_text())
     for e in head["files"]:
         src = carry / e["kind"] / e["path"]

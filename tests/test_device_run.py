@@ -102,3 +102,8 @@ def test_a_local_training_run_travels_with_the_last_part(tmp_path):
     assert carried == {f"{rel}/log.csv", f"{rel}/checkpoints/latest.pt"}
     device_run.stage(tmp_path / "home", carry)
     assert (tmp_path / "home" / "results" / rel / "checkpoints" / "latest.pt").read_bytes() == b"weights and optimiser state"
+
+
+def test_stage_without_a_carried_part_says_what_to_do(tmp_path):
+    with pytest.raises(SystemExit, match=r"part.json: not here; run `prepare --part K`"):
+        device_run.stage(tmp_path / "home", tmp_path / "no_carry")

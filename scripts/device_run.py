@@ -251,6 +251,16 @@ def main(argv: list[str] | None = None) -> int:
     u = sub.add_parser("unpack", help="here: the files a go call returned -> results/")
     u.add_argument("folder", type=Path)
     args = ap.parse_args(argv)
+    try:
+        return _run(args)
+    except SystemExit as exc:  # the one-line refusals above: exit 2, like the kit's other commands
+        if isinstance(exc.code, str):
+            print(f"device_run: {exc.code}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.cmd == "prepare":
         budget = int(args.budget_mib * 2**20) if args.budget_mib else CALL_LIMIT - tracked_bytes() - MARGIN
         prepare(args.shared_data, ROOT / "results", args.part, budget)

@@ -107,3 +107,9 @@ def test_a_local_training_run_travels_with_the_last_part(tmp_path):
 def test_stage_without_a_carried_part_says_what_to_do(tmp_path):
     with pytest.raises(SystemExit, match=r"part.json: not here; run `prepare --part K`"):
         device_run.stage(tmp_path / "home", tmp_path / "no_carry")
+
+
+def test_a_refusal_is_one_line_with_status_2(tmp_path, capsys):
+    assert device_run.main(["prepare", "--shared-data", str(tmp_path / "nothing"), "--budget-mib", "10"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no rain100l/train and rain100l/test there" in err

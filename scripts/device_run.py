@@ -41,6 +41,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))  # gpu_run, the run this script carries to the machine
 
 CARRY = ROOT / ".devcarry"           # git-ignored; the folder each device call carries
 CALL_LIMIT = 64 << 20                # what one call may carry: tracked files + .devcarry
@@ -62,7 +63,6 @@ def tracked_bytes(repo: Path = ROOT) -> int:
 
 def gpu_run_dir(results: Path, dry_run: bool = False) -> Path:
     """The folder of ``make gpu-run``'s training run under a results root (its config hash names it)."""
-    sys.path.insert(0, str(ROOT / "scripts"))
     import gpu_run
     from derainkit.train import RunConfig
 
@@ -71,7 +71,6 @@ def gpu_run_dir(results: Path, dry_run: bool = False) -> Path:
 
 def data_files(shared_data: Path) -> list[tuple[str, Path]]:
     """(path under the data root, file): all of RainTrainL and the Rain100L test pairs the run validates on."""
-    sys.path.insert(0, str(ROOT / "scripts"))
     import gpu_run
     from derainkit.data import discover_pairs
 

@@ -73,3 +73,18 @@ def test_the_results_root_follows_the_notebooks_environment_variable(tmp_path, m
     monkeypatch.setenv("DERAINKIT_RESULTS", str(tmp_path / "scratch"))
     assert verdicts.main(["--profile", "cpu"]) == 0
     assert (tmp_path / "scratch" / "cpu" / "verdicts.md").is_file() and "| table5 | k = 3 |" in capsys.readouterr().out
+
+
+def test_the_summary_prints_the_tables_own_three_place_figures(tmp_path):
+    # A difference of +0.37152 (the table prints +0.372) read back from a 4-place CSV as 0.3715 and
+    # rounded again to 3 places came out +0.371 in the summary.
+    rows = [Row("k = 3", _row([30.05077, 30.05087, 30.05097]), {"Rain200H": paper.TABLE5[3]}, x=3),
+            Row("k = 5", _row([29.67930, 29.67935, 29.67940]), {"Rain200H": paper.TABLE5[5]}, x=5)]
+    render_table(tmp_path / "cpu", "table5", "Table 5", rows, profile="cpu", protocols=["msgnn-rgb"],
+                 test_data="data:rain100l/test", reference="k = 5")
+    table = (tmp_path / "cpu" / "table5.md").read_text()
+    d = sd.difference(rows[0].record, rows[1].record, "msgnn-rgb")
+    assert f"{d.mean:+.3f} ± {2 * d.se:.3f}" in table and f"{d.mean:+.3f}" == "+0.372"
+    md, _ = verdicts.write("cpu", tmp_path)
+    line = next(x for x in md.read_text().splitlines() if x.startswith("| table5 | k = 3 |"))
+    assert f"| 30.051 ± 0.000 | -0.126 | {d.mean:+.3f} ± {2 * d.se:.3f} |" in line

@@ -80,9 +80,12 @@ bench: setup
 
 BUDGET ?= 600
 DRY ?= 0
+NO_TRAIN ?= 0
 # DRY=1: every step scaled down, on CPU, into a temp folder (OUT=dir to choose it); never writes results/
+# NO_TRAIN=1: the CUDA tests and GPU benchmarks only, sharing the whole budget (no training data needed)
 gpu-run: setup
-	$(PY) scripts/gpu_run.py --budget $(BUDGET) $(if $(filter 1,$(DRY)),--dry-run $(if $(OUT),--out $(OUT)),)
+	$(PY) scripts/gpu_run.py --budget $(BUDGET) $(if $(filter 1,$(DRY)),--dry-run $(if $(OUT),--out $(OUT)),) \
+	  $(if $(filter 1,$(NO_TRAIN)),--no-train)
 
 APPLY ?= 0
 ship-msgnn: setup

@@ -18,6 +18,11 @@ call runs the GPU run there and packs what it made:
     here:    python scripts/device_run.py unpack <files_at>       # results/gpu/, results/bench/gpu/ and the
                                                                   # training run's checkpoint, for the next time
 
+When only one call is possible (a lease too short for the parts, or a machine that went back between
+them), one call still measures what only the GPU can show, with nothing carried:
+
+    device:  python3 scripts/device_run.py go --no-train --budget 480   # CUDA tests + GPU benchmarks, packed
+
 Send the calls back to back: a machine that goes back between two calls (here, 30 s after a call ends) loses
 what was staged, and ``go`` then says which parts are missing instead of running on part of the data.
 
@@ -194,18 +199,20 @@ def pack(results: Path, out: Path, dry_run: bool = False) -> list[Path]:
     return written
 
 
-def go(home: Path, budget: float, dry_run: bool, out: Path, carry: Path = CARRY) -> int:
-    """Stage the carried part, check that every part is staged, run the GPU run on that data, pack the results."""
-    head = stage(home, carry)
-    have = {int(p.stem.rsplit("-", 1)[1]) for p in (home / "staged").glob(f"{head['id']}-*.json")}
-    missing = sorted(set(range(1, head["of"] + 1)) - have)
-    if missing:
-        raise SystemExit(f"parts {missing} of {head['of']} are not staged in {home} (the machine went back between "
-                         "calls?): send them with `stage` first")
+def go(home: Path, budget: float, dry_run: bool, out: Path, carry: Path = CARRY, train: bool = True) -> int:
+    """Stage the carried part, check that every part is staged, run the GPU run on that data, pack the results.
+    Without ``train``: the tests and benchmarks only, which need no data, so nothing is staged or checked."""
+    if train:
+        head = stage(home, carry)
+        have = {int(p.stem.rsplit("-", 1)[1]) for p in (home / "staged").glob(f"{head['id']}-*.json")}
+        missing = sorted(set(range(1, head["of"] + 1)) - have)
+        if missing:
+            raise SystemExit(f"parts {missing} of {head['of']} are not staged in {home} (the machine went back "
+                             "between calls?): send them with `stage` first, or run `go --no-train` (no data needed)")
     results = home / "results"
-    env = dict(os.environ, DERAINKIT_DATA=str(home / "data"), PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **({"DERAINKIT_DATA": str(home / "data")} if train else {}))
     cmd = [sys.executable, str(ROOT / "scripts" / "gpu_run.py"), "--budget", str(budget), "--out", str(results),
-           "--no-progress"] + (["--dry-run"] if dry_run else [])
+           "--no-progress"] + (["--dry-run"] if dry_run else []) + ([] if train else ["--no-train"])
     rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode
     for path in pack(results, out, dry_run):
         print(f"packed {path} ({path.stat().st_size / 2**20:.1f} MiB)")
@@ -246,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--home", type=Path, default=DEFAULT_HOME)
     g.add_argument("--budget", type=float, default=480.0)
     g.add_argument("--dry-run", action="store_true")
+    g.add_argument("--no-train", action="store_true", help="tests and benchmarks only: no carried data needed")
     g.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
     u = sub.add_parser("unpack", help="here: the files a go call returned -> results/")
     u.add_argument("folder", type=Path)
@@ -269,7 +277,7 @@ def _run(args: argparse.Namespace) -> int:
         if args.out is None:
             print("go: no $OUT and no --out: where should the packed results go?", file=sys.stderr)
             return 2
-        return go(args.home, args.budget, args.dry_run, args.out)
+        return go(args.home, args.budget, args.dry_run, args.out, train=not args.no_train)
     else:
         unpack(args.folder)
     return 0

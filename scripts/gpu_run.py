@@ -4,7 +4,8 @@
     python scripts/gpu_run.py                    # on a CUDA machine: results/gpu/ and results/bench/gpu/
     python scripts/gpu_run.py --budget 900       # a longer lease (seconds of wall time overall)
     python scripts/gpu_run.py --dry-run          # the same steps scaled down, on CPU, into a temp folder
-    make gpu-run [DRY=1] [BUDGET=600]
+    python scripts/gpu_run.py --no-train         # tests and benchmarks only, in the whole budget (needs no data)
+    make gpu-run [DRY=1] [BUDGET=600] [NO_TRAIN=1]
 
 Steps, each a subprocess with a timeout taken from the budget (a tqdm bar runs over them):
   tests       pytest on the tests that exercise CUDA paths (tests/test_cuda_paths.py: kNN on CUDA vs the CPU
@@ -18,6 +19,8 @@ Steps, each a subprocess with a timeout taken from the budget (a tqdm bar runs o
   train       continues the shipped MSGNN's training on the GPU (below) for what is left of the budget, in
               chunks sized from the measured speed, checkpointing; dry run: 2 iterations of a tiny MSGNN
 Each step's share is fixed in advance (``make_plan``); the training step gets whatever the others left.
+With ``--no-train`` the shares of the tests and benchmarks are scaled up to fill the budget: what a short
+lease, or one that cannot carry the training data, can still measure.
 A failed or timed-out step is recorded and the run goes on; the exit status is 1 if any step did not
 succeed (2 for bad arguments, e.g. no CUDA device without --dry-run).
 
@@ -87,21 +90,26 @@ class Plan:
         return self.root / "gpu" / "gpu_run.json"
 
 
-def make_plan(total_s: float, dry_run: bool, root: Path, python: str = sys.executable) -> Plan:
+def make_plan(total_s: float, dry_run: bool, root: Path, python: str = sys.executable, train: bool = True) -> Plan:
     """The steps and their budgets (seconds): fixed shares of ``total_s`` for tests and benchmarks, the rest
-    (less a reserve for the report) for training. Their sum never exceeds ``total_s``."""
+    (less a reserve for the report) for training. Their sum never exceeds ``total_s``. Without ``train`` the
+    tests and benchmarks keep their proportions and share the whole usable budget."""
     if total_s <= 0:
         raise ValueError(f"budget must be > 0 seconds, got {total_s}")
     reserve = min(RESERVE_S[dry_run], 0.1 * total_s)
     usable = total_s - reserve
     tests = DRY_TESTS if dry_run else CUDA_TESTS
     pytest_args = ["-x", "-q"] if dry_run else ["-q", "-rs"]
-    steps = [Step("tests", TESTS_SHARE[dry_run] * usable, [python, "-m", "pytest", *pytest_args, "-p", "no:cacheprovider",
+    bench_shares = DRY_BENCH if dry_run else GPU_BENCH
+    scale = 1.0 if train else 1.0 / (TESTS_SHARE[dry_run] + sum(bench_shares.values()))
+    steps = [Step("tests", scale * TESTS_SHARE[dry_run] * usable, [python, "-m", "pytest", *pytest_args, "-p", "no:cacheprovider",
                                                            *tests], f"pytest {' '.join(tests)}")]
     bench_out = root / "bench" / "gpu"  # beside, not over, the CPU figures the README quotes
-    for name, share in (DRY_BENCH if dry_run else GPU_BENCH).items():
+    for name, share in bench_shares.items():
         cmd = [python, "-m", "bench.run_all", "--out", str(bench_out), "--only", name] + (["--quick"] if dry_run else [])
-        steps.append(Step(f"bench:{name}", share * usable, cmd, f"bench_{name}" + (" --quick" if dry_run else "")))
+        steps.append(Step(f"bench:{name}", scale * share * usable, cmd, f"bench_{name}" + (" --quick" if dry_run else "")))
+    if not train:
+        return Plan(total_s=total_s, reserve_s=reserve, dry_run=dry_run, root=root, steps=steps)
     left = usable - sum(s.budget_s for s in steps)
     steps.append(Step("train", left, [], "tiny MSGNN, 2 iterations, CPU" if dry_run else
                       "continue the shipped MSGNN at 500 epochs (gpu profile: bf16, channels-last)"))
@@ -322,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dry-run", action="store_true", help="every step scaled down, on CPU, into --out")
     ap.add_argument("--out", type=Path, default=None,
                     help="root of the outputs (default: results/; a dry run: a new temp folder, never results/)")
+    ap.add_argument("--no-train", action="store_true",
+                    help="tests and benchmarks only, sharing the whole budget (no training data needed)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--train-worker", type=Path, help=argparse.SUPPRESS)  # internal: the training subprocess
     ap.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
@@ -347,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                   "(--dry-run) checks the whole run on this CPU", file=sys.stderr)
             return 2
         root = (args.out or results_dir).resolve()
-    plan = make_plan(args.budget, args.dry_run, root)
+    plan = make_plan(args.budget, args.dry_run, root, train=not args.no_train)
     report = execute(plan, progress=not args.no_progress)
     for r in report["steps"]:
         print(f"  {r['name']:<16} {r['status']:<8} {r['seconds']:>7.1f} s / {r['timeout_s']:.0f} s")

@@ -85,6 +85,18 @@ def test_prepare_stage_go_unpack_round_trip_with_the_dry_run(tmp_path, capsys):
     assert (run / "log.csv").is_file() and "to commit: git add" in capsys.readouterr().out
 
 
+@pytest.mark.usefixtures("one_torch_thread")
+def test_go_without_training_needs_nothing_carried(tmp_path):
+    home, out = tmp_path / "home", tmp_path / "out"
+    assert device_run.go(home, 40, True, out, tmp_path / "no_carry", train=False) == 0
+    assert not (home / "staged").exists() and not (home / "data").exists()  # nothing staged, nothing asked for
+    unpack_to = tmp_path / "repo_results"
+    device_run.unpack(out, unpack_to)
+    report = json.loads((unpack_to / "gpu" / "gpu_run.json").read_text())
+    assert report["status"] == "ok" and [s["name"] for s in report["steps"]] == ["tests", "bench:device"]
+    assert (unpack_to / "bench" / "gpu" / "device_knn_quick.csv").is_file()
+
+
 def test_a_local_training_run_travels_with_the_last_part(tmp_path):
     data = _shared_data(tmp_path / "shared")
     results = tmp_path / "results"

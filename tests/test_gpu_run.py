@@ -131,3 +131,14 @@ def test_train_worker_resumes_across_runs(tmp_path):
     assert (first["start_iteration"], first["iteration"], first["finished"]) == (0, 2, False)
     assert second["resumed"] and (second["start_iteration"], second["iteration"], second["finished"]) == (2, 4, True)
     assert first["run_dir"] == second["run_dir"] and (Path(second["run_dir"]) / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("dry", [False, True])
+def test_a_plan_without_training_gives_its_whole_budget_to_the_tests_and_benchmarks(dry, tmp_path):
+    full = gpu_run.make_plan(600, dry, tmp_path)
+    bare = gpu_run.make_plan(600, dry, tmp_path, train=False)
+    assert [s.name for s in bare.steps] == [s.name for s in full.steps if s.name != "train"]
+    assert sum(s.budget_s for s in bare.steps) == pytest.approx(600 - bare.reserve_s)
+    for a, b in zip(bare.steps, full.steps):  # same proportions, each step given more time
+        assert a.command == b.command and a.budget_s > b.budget_s
+        assert a.budget_s / bare.steps[0].budget_s == pytest.approx(b.budget_s / full.steps[0].budget_s)

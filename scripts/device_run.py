@@ -210,7 +210,9 @@ def go(home: Path, budget: float, dry_run: bool, out: Path, carry: Path = CARRY,
             raise SystemExit(f"parts {missing} of {head['of']} are not staged in {home} (the machine went back "
                              "between calls?): send them with `stage` first, or run `go --no-train` (no data needed)")
     results = home / "results"
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **({"DERAINKIT_DATA": str(home / "data")} if train else {}))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if train:
+        env["DERAINKIT_DATA"] = str(home / "data")
     cmd = [sys.executable, str(ROOT / "scripts" / "gpu_run.py"), "--budget", str(budget), "--out", str(results),
            "--no-progress"] + (["--dry-run"] if dry_run else []) + ([] if train else ["--no-train"])
     rc = subprocess.run(cmd, cwd=ROOT, env=env).returncode

@@ -108,11 +108,10 @@ def make_plan(total_s: float, dry_run: bool, root: Path, python: str = sys.execu
     for name, share in bench_shares.items():
         cmd = [python, "-m", "bench.run_all", "--out", str(bench_out), "--only", name] + (["--quick"] if dry_run else [])
         steps.append(Step(f"bench:{name}", scale * share * usable, cmd, f"bench_{name}" + (" --quick" if dry_run else "")))
-    if not train:
-        return Plan(total_s=total_s, reserve_s=reserve, dry_run=dry_run, root=root, steps=steps)
-    left = usable - sum(s.budget_s for s in steps)
-    steps.append(Step("train", left, [], "tiny MSGNN, 2 iterations, CPU" if dry_run else
-                      "continue the shipped MSGNN at 500 epochs (gpu profile: bf16, channels-last)"))
+    if train:
+        left = usable - sum(s.budget_s for s in steps)
+        steps.append(Step("train", left, [], "tiny MSGNN, 2 iterations, CPU" if dry_run else
+                          "continue the shipped MSGNN at 500 epochs (gpu profile: bf16, channels-last)"))
     return Plan(total_s=total_s, reserve_s=reserve, dry_run=dry_run, root=root, steps=steps)
 
 

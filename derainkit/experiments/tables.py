@@ -114,8 +114,7 @@ def _ours(item: str, row: Row, rec: Mapping[str, Any] | None, proto: str, test_d
         "dataset": test_data, "protocol": proto, "images": (rec or {}).get("n_images", ""),
         "seed": sd.seed_of(rec) if rec and not sd.is_replicate(rec) else "",
         "n_seeds": m.get("n", 1) if m else "",
-        # 6 places for what verdicts.py re-reads and prints to 3 (a 4-place value would be rounded twice)
-        "psnr": rounded("psnr", 6), "psnr_std": rounded("psnr_std", 6),
+        "psnr": rounded("psnr", REREAD_PLACES), "psnr_std": rounded("psnr_std", REREAD_PLACES),
         "ssim": rounded("ssim", 5), "ssim_std": rounded("ssim_std", 5),
         "input_psnr": rounded("input_psnr", 4),
         "iterations": run.get("iterations", (rec or {}).get("run_config", {}).get("iterations", "")),
@@ -146,10 +145,8 @@ def _table_rows(item: str, rows: Sequence[Row], protocols: Sequence[str], test_d
                 d = comp.ours.get(proto)
                 line.update(reference=comp.reference,
                             paper_diff="" if comp.paper_diff is None else comp.paper_diff,
-                            # 6 places: the summary (verdicts.py) re-reads these, and a 4-place value
-                            # re-rounded to 3 could differ from the table's own 3-place figure
-                            our_diff="" if d is None else round(d.mean, 6),
-                            our_diff_se="" if d is None or d.se is None else round(d.se, 6),
+                            our_diff="" if d is None else round(d.mean, REREAD_PLACES),
+                            our_diff_se="" if d is None or d.se is None else round(d.se, REREAD_PLACES),
                             verdict=comp.verdict if proto == vproto else "")
             line.update(row.extra)
             out.append(line)
@@ -167,6 +164,10 @@ def _table_rows(item: str, rows: Sequence[Row], protocols: Sequence[str], test_d
             })
     return out
 
+
+# Decimal places of the CSV's PSNR means/sds and differences. verdicts.py re-reads them and prints 3 places:
+# with 4 here a value was rounded twice and could print 0.001 off the table's own figure.
+REREAD_PLACES = 6
 
 _CSV_FIELDS = ["item", "setting", "x", "source", "dataset", "protocol", "images", "seed", "n_seeds", "psnr",
                "psnr_std", "ssim", "ssim_std", "input_psnr", "iterations", "parameters", "record", "commit", "device",

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from derainkit.experiments import seeds as sd
+from derainkit.experiments.tables import REREAD_PLACES
 
 # (item, rendered file stem, what it ablates) in the paper's order, then the studies beyond the paper
 ITEMS: tuple[tuple[str, str, str], ...] = (
@@ -72,7 +73,7 @@ def collect(profile_dir: Path) -> tuple[list[dict[str, Any]], list[str]]:
                 "item": item, "setting": r["setting"], "reference": r.get("reference", ""),
                 "n_seeds": "" if not_run else r.get("n_seeds", "1") or "1", "psnr": "" if not_run else r["psnr"],
                 "psnr_std": r.get("psnr_std", ""), "paper_diff": r.get("paper_diff", ""),
-                "our_diff": r.get("our_diff", ""), "our_diff_2se": f"{2 * float(se):.6f}" if se else "",
+                "our_diff": r.get("our_diff", ""), "our_diff_2se": f"{sd.SE_FACTOR * float(se):.{REREAD_PLACES}f}" if se else "",
                 "verdict": source if not_run else (r.get("verdict") or ""), "records": r.get("record", "")})
     return lines, missing
 
